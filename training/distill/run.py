@@ -1,0 +1,137 @@
+"""One entry point for every method: build the source and loss for `config.method`, then train.
+
+DKDM methods (dynamic / shuffled / iterative) train with `dkdm_losses` on teacher batches; the baselines
+(data_free / data_limited / data_based) train with the ordinary hybrid loss on an image set.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from training.diffusion import GaussianDiffusion
+from training.distill.baselines import DatasetError, mix_data_limited
+from training.distill.compat import check_compatible
+from training.distill.config import POOL_METHODS, DistillConfig
+from training.distill.objective import LossFn, dkdm_loss_fn, hybrid_loss_fn
+from training.distill.pool import DTYPES, Pool, PoolError, load_pool, noise_pool, prepare_in_memory
+from training.distill.sources import DatasetSource, PoolSource
+from training.distill.teacher import DiffusionTeacherStep, TeacherStep
+from training.train.distributed import DistContext
+from training.train.rng import make_generator
+from training.train.trainer import EvalFn, Trainer, TrainResult
+from training.train.tracker import Tracker
+
+
+def _pool_for(config: DistillConfig, step: TeacherStep, num_timesteps: int, image_shape: tuple[int, ...],
+              device: torch.device, ctx: DistContext, pool_path: str | Path | None) -> Pool:
+    dtype = DTYPES[config.pool_dtype]
+    generator = make_generator(device, config.seed, "prepare", ctx.rank)
+    b = config.batch_size
+    if config.method == "iterative":
+        return noise_pool(b, image_shape, num_timesteps, dtype=dtype, device=device, generator=generator)
+    if config.method == "shuffled":
+        return prepare_in_memory(step, b, image_shape, num_timesteps, batch_size=config.teacher_batch_size,
+                                 dtype=dtype, device=device, generator=generator)
+    if pool_path is None:
+        return prepare_in_memory(step, config.pool_config().num_entries(num_timesteps), image_shape,
+                                 num_timesteps, batch_size=config.teacher_batch_size, dtype=dtype, device=device,
+                                 generator=generator)
+    pool = load_pool(pool_path, device=device, ctx=ctx)
+    if pool.num_timesteps != num_timesteps:
+        raise PoolError(f"pool {pool_path} was prepared for T={pool.num_timesteps}, the student has T={num_timesteps}")
+    if tuple(pool.x.shape[1:]) != tuple(image_shape):
+        raise PoolError(f"pool {pool_path} holds images {tuple(pool.x.shape[1:])}, expected {tuple(image_shape)}")
+    if len(pool) < b:
+        raise PoolError(f"pool shard of {len(pool)} entries is smaller than batch_size={b}")
+    if pool.x.dtype != dtype:
+        pool.x = pool.x.to(dtype)
+    return pool
+
+
+def _dataset_for(config: DistillConfig, real: Tensor | None, synthetic: Tensor | None) -> Tensor:
+    if config.method == "data_based":
+        if real is None:
+            raise DatasetError("method 'data_based' needs the real training images")
+        return real
+    if synthetic is None:
+        raise DatasetError(f"method {config.method!r} needs the teacher's synthetic set")
+    if config.method == "data_free":
+        return synthetic
+    if real is None:
+        raise DatasetError("method 'data_limited' needs the real training images")
+    assert config.data_fraction is not None  # the config validator guarantees it
+    return mix_data_limited(real, synthetic, config.data_fraction, seed=0)
+
+
+def build_run(
+    config: DistillConfig,
+    *,
+    student: nn.Module,
+    student_diffusion: GaussianDiffusion,
+    image_shape: tuple[int, ...],
+    device: torch.device | str,
+    teacher: nn.Module | None = None,
+    teacher_diffusion: GaussianDiffusion | None = None,
+    pool_path: str | Path | None = None,
+    real_images: Tensor | None = None,
+    synthetic_images: Tensor | None = None,
+    out_dir: str | Path | None = None,
+    tracker: Tracker | None = None,
+    eval_fn: EvalFn | None = None,
+    ctx: DistContext | None = None,
+    teacher_step: TeacherStep | None = None,
+    loss_fn: LossFn | None = None,
+    run_meta: dict[str, Any] | None = None,
+) -> Trainer:
+    """A ready Trainer for `config.method` (not yet resumed or run).
+
+    `teacher_step` / `loss_fn` override the pixel defaults (latent DKDM: no clamping, MSE only). Without
+    `pool_path` the dynamic pool is prepared in memory.
+    """
+    dev = torch.device(device)
+    ctx = ctx or DistContext(device=dev)
+    image_shape = tuple(int(v) for v in image_shape)
+    T = student_diffusion.num_timesteps
+    if config.method in POOL_METHODS:
+        if teacher_step is None:
+            if teacher is None or teacher_diffusion is None:
+                raise ValueError(f"method {config.method!r} needs the teacher and its diffusion")
+            check_compatible(teacher, teacher_diffusion, student, student_diffusion, image_shape)
+            teacher_step = DiffusionTeacherStep(teacher.to(dev), teacher_diffusion,
+                                                clip_denoised=config.clip_denoised,
+                                                batch_size=config.teacher_batch_size, precision=config.precision)
+        pool = _pool_for(config, teacher_step, T, image_shape, dev, ctx, pool_path)
+        source: Any = PoolSource(
+            pool, teacher_step, batch_size=config.batch_size, select_all=config.method != "dynamic",
+            discard_prob=config.discard_prob,
+            select_generator=make_generator("cpu", config.seed, "select", ctx.rank),
+            noise_generator=make_generator(dev, config.seed, "noise", ctx.rank),
+        )
+        loss = loss_fn or dkdm_loss_fn(student_diffusion)
+    else:
+        images = _dataset_for(config, real_images, synthetic_images)
+        if tuple(images.shape[1:]) != image_shape:
+            raise DatasetError(f"{config.method} images have shape {tuple(images.shape[1:])}, expected {image_shape}")
+        source = DatasetSource(
+            images, T, batch_size=config.batch_size, device=dev,
+            generator=make_generator("cpu", config.seed, "data", ctx.rank),
+            noise_generator=make_generator(dev, config.seed, "noise", ctx.rank),
+        )
+        loss = loss_fn or hybrid_loss_fn(student_diffusion)
+    meta = {"method": config.method, **(run_meta or {})}
+    return Trainer(student, config, source, loss, device=dev, out_dir=out_dir, tracker=tracker, eval_fn=eval_fn,
+                   ctx=ctx, run_meta=meta)
+
+
+def run_distillation(config: DistillConfig, *, resume: bool = True, until: int | None = None,
+                     **kwargs: Any) -> TrainResult:
+    """build_run + resume from `<out_dir>/resume.safetensors` when present + train; see build_run for arguments."""
+    trainer = build_run(config, **kwargs)
+    if resume:
+        trainer.resume_if_possible()
+    return trainer.run(until=until)
+
+
