@@ -1,0 +1,118 @@
+"""`dkdm reproduce ...`: the commands experiments/reproduce/dvc.yaml runs (each one stage), plus `use` to switch
+the experiment's scale. Every command works in the experiment folder (`--dir`, default: the current folder)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from dkdm.cli import handles_errors
+from dkdm.errors import DkdmError
+
+app = typer.Typer(help="Reproduce the paper's claims: methods x seeds x rho with intervals and verdicts "
+                  "(experiments/reproduce; `dvc repro experiments/reproduce/dvc.yaml` runs all of it).",
+                  no_args_is_help=True, rich_markup_mode=None)
+
+DirOpt = Annotated[Path, typer.Option("--dir", "-d", help="the experiment folder (holds params.yaml)")]
+ParamsOpt = Annotated[str, typer.Option("--params", help="params file inside the experiment folder")]
+VariantOpt = Annotated[str, typer.Option("--variant", "-v", help="a name from experiment.variants")]
+SeedOpt = Annotated[int, typer.Option("--seed", "-s", help="a seed from experiment.seeds")]
+
+
+def _enter(directory: Path, params_file: str, **extra):
+    """Parse the experiment and its settings once, then work inside its folder (the platform's relative layout)."""
+    from dkdm.console import Context, apply_runtime
+    from dkdm.reproduce.params import experiment_settings, read_params
+
+    directory = directory.resolve()
+    params = read_params(directory, params_file)
+    settings = experiment_settings(params, directory, **extra)
+    apply_runtime(settings)
+    os.chdir(directory)
+    return params, Context(settings=settings, profile_file=directory / params_file)
+
+
+@app.command("stage")
+@handles_errors
+def stage_cmd(name: Annotated[str, typer.Argument(help="data | teacher | features | reference")],
+              directory: DirOpt = Path("."), params_file: ParamsOpt = "params.yaml") -> None:
+    """One of the platform's shared stages (one teacher for the whole grid), inside the experiment folder."""
+    from dkdm.reproduce.runs import run_shared_stage
+
+    _, ctx = _enter(directory, params_file)
+    run_shared_stage(ctx, name)
+
+
+@app.command("teacher-eval")
+@handles_errors
+def teacher_eval_cmd(directory: DirOpt = Path("."), params_file: ParamsOpt = "params.yaml") -> None:
+    """Score the teacher like a student, and the noise floor at the evaluation's sample count, per seed."""
+    from dkdm.reproduce.runs import teacher_eval
+
+    params, ctx = _enter(directory, params_file)
+    teacher_eval(ctx, params)
+
+
+@app.command("run-one")
+@handles_errors
+def run_one_cmd(variant: VariantOpt, seed: SeedOpt, directory: DirOpt = Path("."),
+                params_file: ParamsOpt = "params.yaml") -> None:
+    """Train one student of the grid (the shared budget, FD/FD' curve every train.eval_every); resumable."""
+    from dkdm.reproduce.runs import train_one
+
+    params, ctx = _enter(directory, params_file, seed=seed)
+    train_one(ctx, params, variant, seed)
+
+
+@app.command("evaluate-one")
+@handles_errors
+def evaluate_one_cmd(variant: VariantOpt, seed: SeedOpt, directory: DirOpt = Path("."),
+                     params_file: ParamsOpt = "params.yaml") -> None:
+    """FD and FD' of one student at evaluate.num_samples."""
+    from dkdm.reproduce.runs import evaluate_one
+
+    params, ctx = _enter(directory, params_file, seed=seed)
+    evaluate_one(ctx, params, variant, seed)
+
+
+@app.command("report")
+@handles_errors
+def report_cmd(directory: DirOpt = Path("."), params_file: ParamsOpt = "params.yaml") -> None:
+    """Intervals, verdicts and figures -> outputs/report/, logged as an MLflow run (dkdm.stage=reproduce)."""
+    from dkdm.reproduce.report import write_report
+
+    params, ctx = _enter(directory, params_file)
+    write_report(ctx, params)
+
+
+@app.command("use")
+@handles_errors
+def use_cmd(name: Annotated[str, typer.Argument(help="variant of the definition: params-NAME.yaml (e.g. cifar10, ci)")],
+            directory: DirOpt = Path(".")) -> None:
+    """Make params-NAME.yaml the experiment's params.yaml (validated first, written atomically)."""
+    from dkdm.console import summary
+    from dkdm.profiles import atomic_write_text
+    from dkdm.reproduce.params import PARAMS_FILE, PARAMS_VARIANT, read_params
+
+    source = directory / PARAMS_VARIANT.format(name=name)
+    if not source.is_file():
+        found = sorted(p.stem.removeprefix("params-") for p in directory.glob("params-*.yaml"))
+        raise DkdmError(f"use: no {source}; available: {', '.join(found) or 'none'}")
+    read_params(directory, source.name)
+    atomic_write_text(directory / PARAMS_FILE, source.read_text())
+    summary(f"experiment params: {source.name} -> {directory / PARAMS_FILE}; run `dvc repro {directory / 'dvc.yaml'}`")
+
+
+@app.command("run-all")
+@handles_errors
+def run_all_cmd(jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="processes at a time")] = 2,
+                directory: DirOpt = Path("."), params_file: ParamsOpt = "params.yaml") -> None:
+    """The whole grid outside DVC, JOBS processes at a time (skips finished runs); then the report.
+    Afterwards `dvc commit experiments/reproduce/dvc.yaml` records the outputs if the folder is the DVC one."""
+    from dkdm.reproduce.params import read_params
+    from dkdm.reproduce.parallel import run_all
+
+    directory = directory.resolve()
+    run_all(read_params(directory, params_file), directory, params_file, jobs)

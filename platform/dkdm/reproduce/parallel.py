@@ -1,0 +1,84 @@
+"""`dkdm reproduce run-all --jobs N`: the same commands dvc.yaml runs, N at a time (dvc repro runs one stage at a
+time; these UNets are too small for torch to use a second core well, separate processes do). Finished runs
+(their metrics.json exists) are skipped, so an interrupted grid continues where it stopped."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from dkdm.console import summary
+from dkdm.errors import DkdmError
+from dkdm.reproduce.params import ExperimentParams, run_name
+from dkdm.reproduce.runs import EVALUATION_DIR, TEACHER_EVAL_DIR
+
+
+def _command(directory: Path, params_file: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "dkdm", "reproduce", *args, "--dir", str(directory), "--params", params_file]
+
+
+def _run(cmd: list[str], log: Path) -> None:
+    with log.open("a") as handle:
+        handle.write(f"$ {' '.join(cmd)}\n")
+        handle.flush()
+        done = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        raise DkdmError(f"run-all: `{' '.join(cmd[3:])}` failed (exit {done.returncode}); see {log}")
+
+
+def _create_tracking_store(params: ExperimentParams, directory: Path) -> None:
+    """Create the MLflow store before processes share it: two commands creating a fresh SQLite store at once
+    race in its schema migration ("duplicate column name")."""
+    from dkdm.reproduce.params import experiment_settings
+    from dkdm.tracking import _client, check_reachable, experiment_id
+
+    tracking = experiment_settings(params, directory).tracking
+    if tracking.enabled:
+        check_reachable(tracking)
+        experiment_id(_client(tracking), tracking.experiment)
+
+
+def run_all(params: ExperimentParams, directory: Path, params_file: str, jobs: int) -> float:
+    directory = directory.resolve()
+    _create_tracking_store(params, directory)
+    log = directory / "outputs" / "run-all.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    cmd = lambda *a: _command(directory, params_file, *a)  # noqa: E731 - a local shorthand
+    shared = directory / "outputs"
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        if not (shared / "data" / "dataset.npz").is_file():
+            _run(cmd("stage", "data"), log)
+        # The teacher and the feature classifier are independent; the reference needs both.
+        waits = [pool.submit(_run, cmd("stage", name), log) for name, marker in
+                 (("teacher", "teacher/teacher.safetensors"), ("features", "features/real_stats.safetensors"))
+                 if not (shared / marker).is_file()]
+        for future in waits:
+            future.result()
+        if not (shared / "reference" / "teacher_stats.safetensors").is_file():
+            _run(cmd("stage", "reference"), log)
+        futures = []
+        if not (directory / TEACHER_EVAL_DIR / "metrics.json").is_file():
+            futures.append(pool.submit(_run, cmd("teacher-eval"), log))
+        exp = params.experiment
+        # Variant-major order: a grid stopped early has every seed of its first variants (a verdict needs seeds
+        # more than it needs variants), so list the variants of the main claims first.
+        for variant in exp.variants:
+            for seed in exp.seeds:
+                if (directory / EVALUATION_DIR / run_name(variant, seed) / "metrics.json").is_file():
+                    continue
+                futures.append(pool.submit(_student, cmd, variant, seed, log))
+        for future in futures:
+            future.result()
+    _run(cmd("report"), log)
+    seconds = time.monotonic() - started
+    summary(f"run-all: grid of {len(params.experiment.variants)} variants x {len(params.experiment.seeds)} seeds "
+            f"done in {seconds / 60:.1f} min ({jobs} jobs) -> {directory / 'outputs' / 'report' / 'report.md'}")
+    return seconds
+
+
+def _student(cmd, variant: str, seed: int, log: Path) -> None:
+    _run(cmd("run-one", "--variant", variant, "--seed", str(seed)), log)
+    _run(cmd("evaluate-one", "--variant", variant, "--seed", str(seed)), log)

@@ -1,0 +1,157 @@
+"""The reproduction experiment's definition (experiments/reproduce/params.yaml) and the dkdm settings it implies.
+
+The file has three parts: `base_profile` (a dkdm profile file: dataset, teacher, diffusion, feature space,
+sampler, tracking), `settings` (deep-merged over that profile: the shared budget of every student, the
+evaluation sample count), and `experiment` (the grid: variants x seeds, and the verdict rule's alpha).
+Switching to paper scale is switching this file (`dkdm reproduce use cifar10`), never the code.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dkdm.errors import DkdmError, one_line
+from dkdm.settings import Settings, load_settings
+from training.distill.config import DistillConfig, Method
+
+PARAMS_FILE = "params.yaml"
+PARAMS_VARIANT = "params-{name}.yaml"
+# The main methods of the paper's Table 2 / Fig. 4a; every claim compares variants of these methods.
+PAPER_METHODS = ("dynamic", "shuffled", "iterative", "data_free", "data_based")
+
+
+class Variant(BaseModel):
+    """One kind of student: a method, and for the dynamic pool its rho (None = settings.distill.rho)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Method
+    rho: float | None = Field(None, gt=0)
+    label: str | None = Field(None, description="name in the report (default: the variant's key)")
+
+    @model_validator(mode="after")
+    def _rho_for_dynamic(self) -> Variant:
+        if self.rho is not None and self.method != "dynamic":
+            raise ValueError(f"rho only applies to method 'dynamic', not {self.method!r}")
+        return self
+
+
+class Experiment(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seeds: list[int] = Field(min_length=1)
+    variants: list[str] = Field(min_length=1, description="the grid's variant names (DVC's matrix iterates it)")
+    variant_specs: dict[str, Variant]
+    rho_sweep: list[str] = Field(default_factory=list, description="dynamic variants of the rho claim")
+    alpha: float = Field(0.05, gt=0, lt=1, description="two-sided level of the Welch t-test and the intervals")
+    flat_tolerance: float = Field(0.1, gt=0, description="curve counts as flat if the last quarter moves less")
+    note: str | None = Field(None, description="printed at the top of the report (e.g. a reduced budget)")
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+            raise ValueError(f"seeds must be distinct non-negative integers, got {seeds}")
+        return seeds
+
+    @model_validator(mode="after")
+    def _known_variants(self) -> Experiment:
+        for name in [*self.variants, *self.rho_sweep]:
+            if name not in self.variant_specs:
+                raise ValueError(f"variant {name!r} has no entry in experiment.variant_specs")
+            if not name or any(ch in name for ch in "/\\ @.:"):
+                raise ValueError(f"variant name {name!r} must be non-empty without '/', '\\', ' ', '@', '.', ':'")
+        for name in self.rho_sweep:
+            if self.variant_specs[name].method != "dynamic":
+                raise ValueError(f"rho_sweep: {name!r} is not a dynamic variant")
+        return self
+
+    def label(self, variant: str) -> str:
+        return self.variant_specs[variant].label or variant
+
+
+class ExperimentParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_profile: str = Field(description="dkdm profile file (relative to the experiment folder) or a name")
+    settings: dict[str, Any] = Field(default_factory=dict, description="deep-merged over the base profile")
+    experiment: Experiment
+
+
+def read_params(experiment_dir: Path, params_file: str = PARAMS_FILE) -> ExperimentParams:
+    path = experiment_dir / params_file
+    if not path.is_file():
+        raise DkdmError(f"{path} does not exist; is {experiment_dir} the experiment folder (experiments/reproduce)?")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise DkdmError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    try:
+        return ExperimentParams.model_validate(data)
+    except ValidationError as err:
+        raise DkdmError(f"{path}: {one_line(err)}") from None
+
+
+def base_profile_file(params: ExperimentParams, experiment_dir: Path) -> Path:
+    from dkdm import profiles
+
+    candidate = experiment_dir / params.base_profile
+    if candidate.suffix in (".yaml", ".yml"):
+        if not candidate.is_file():
+            raise DkdmError(f"base_profile: file {candidate} does not exist")
+        return candidate
+    return profiles.resolve(params.base_profile)
+
+
+def _repo_root(start: Path) -> Path:
+    for folder in (start.resolve(), *start.resolve().parents):
+        if (folder / ".dvc").is_dir() or (folder / ".git").exists():
+            return folder
+    return start.resolve()
+
+
+def _tracking_override(params: ExperimentParams, experiment_dir: Path) -> dict[str, Any]:
+    """Runs go to the repository's store (what `mlflow ui` and the dashboard read), not one in the experiment
+    folder: a relative SQLite URI is resolved against the repository root. An explicit DKDM_TRACKING__URI wins."""
+    if os.environ.get("DKDM_TRACKING__URI"):
+        return {"uri": os.environ["DKDM_TRACKING__URI"]}
+    uri = str(params.settings.get("tracking", {}).get("uri", "sqlite:///mlflow.db"))
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_absolute():
+        uri = f"sqlite:///{_repo_root(experiment_dir) / uri.removeprefix('sqlite:///')}"
+    return {"uri": uri}
+
+
+def experiment_settings(params: ExperimentParams, experiment_dir: Path, **extra: Any) -> Settings:
+    """The base profile + `settings` + `extra` (e.g. seed), validated once; tracking goes to the repo's store."""
+    overrides = _merge(params.settings, extra)
+    overrides = _merge(overrides, {"tracking": _tracking_override(params, experiment_dir)})
+    return load_settings(base_profile_file(params, experiment_dir), overrides)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def distill_config(settings: Settings, variant: Variant, seed: int) -> DistillConfig:
+    """Every student of the grid shares settings.distill.train (the equal iteration budget); only the method,
+    the seed and, for the rho sweep, the pool size differ."""
+    d = settings.distill
+    return DistillConfig(
+        **{**d.train.model_dump(), "seed": seed},
+        method=variant.method,
+        rho=variant.rho if variant.rho is not None else d.rho,
+        teacher_batch_size=d.teacher_batch_size,
+        pool_dtype=d.pool_dtype,
+        clip_denoised=d.clip_denoised,
+    )
+
+
+def run_name(variant: str, seed: int) -> str:
+    return f"{variant}-s{seed}"

@@ -1,0 +1,117 @@
+"""The report's figures (matplotlib, Agg backend, PNG): curves over iterations, scores per method, the rho sweep."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from dkdm.reproduce.aggregate import Results
+
+PANELS = (("fd", 1, "metric_fd"), ("fd_teacher", 2, "metric_fd_teacher"))
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
+
+
+def _teacher_lines(ax, results: Results, name_attr: str) -> None:
+    teacher = results.teacher.get(getattr(results, name_attr), [])
+    if teacher:
+        ax.axhline(sum(teacher) / len(teacher), color="black", ls="--", lw=1, label="teacher")
+    floor = results.teacher.get(results.metric_noise_floor, [])
+    if floor:
+        ax.axhline(sum(floor) / len(floor), color="grey", ls=":", lw=1, label="noise floor")
+
+
+def curves(results: Results, path: Path, variants: list[str]) -> Path | None:
+    """FD and FD' of the EMA student over iterations: seed mean, min-max band."""
+    if not any(results.variants[v].curves for v in variants):
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (metric, column, name_attr) in zip(axes, PANELS):
+        for variant in variants:
+            curve = results.variants[variant].mean_curve(column)
+            if not curve:
+                continue
+            steps = [c[0] for c in curve]
+            line, = ax.plot(steps, [c[1] for c in curve], marker="o", ms=3, label=results.variants[variant].label)
+            ax.fill_between(steps, [c[2] for c in curve], [c[3] for c in curve], color=line.get_color(), alpha=0.15)
+        _teacher_lines(ax, results, name_attr)
+        ax.set_yscale("log")
+        ax.set_xlabel("student iteration")
+        ax.set_ylabel(f"{getattr(results, name_attr)} (periodic, small sample)")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.suptitle("FD over iterations (mean over seeds, band = min-max)")
+    path = _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def scores(results: Results, path: Path, variants: list[str], confidence: float) -> Path:
+    """Final FD and FD' per variant: mean with its t-interval, the individual seeds as dots."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.5 * len(variants) + 2))
+    for ax, (metric, _, name_attr) in zip(axes, PANELS):
+        for row, variant in enumerate(variants):
+            result = results.variants[variant]
+            iv = result.interval(metric, confidence)
+            if iv.n == 0:
+                continue
+            err = [[iv.mean - iv.low], [iv.high - iv.mean]] if iv.n > 1 else None
+            ax.errorbar([iv.mean], [row], xerr=err, fmt="s", color="C0", capsize=4)
+            ax.scatter(getattr(result, metric), [row] * len(getattr(result, metric)), color="C1", s=12, zorder=3)
+        _teacher_lines(ax, results, name_attr)
+        ax.set_yticks(range(len(variants)), [results.variants[v].label for v in variants])
+        ax.invert_yaxis()
+        ax.set_xlabel(f"{getattr(results, name_attr)} ({results.num_samples} samples; lower is better)")
+        ax.grid(alpha=0.3, axis="x")
+    axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle(f"Final scores: mean ± {confidence:.0%} t-interval over seeds (dots: seeds)")
+    path = _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def rho_sweep(results: Results, path: Path, variants: list[str], confidence: float) -> Path | None:
+    points = sorted((results.variants[v].rho, v) for v in variants if results.variants[v].rho is not None)
+    if len(points) < 2:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (metric, _, name_attr) in zip(axes, PANELS):
+        xs, means, lows, highs = [], [], [], []
+        for rho, variant in points:
+            iv = results.variants[variant].interval(metric, confidence)
+            if iv.n == 0:
+                continue
+            xs.append(rho)
+            means.append(iv.mean)
+            lows.append(iv.mean - iv.low if iv.n > 1 else 0.0)
+            highs.append(iv.high - iv.mean if iv.n > 1 else 0.0)
+        ax.errorbar(xs, means, yerr=[lows, highs], fmt="o-", capsize=4)
+        _teacher_lines(ax, results, name_attr)
+        ax.set_xscale("log")
+        ax.set_xlabel("rho (pool = round(rho·T)·b states)")
+        ax.set_ylabel(getattr(results, name_attr))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Dynamic iterative distillation: rho sweep (mean ± {confidence:.0%} t-interval)")
+    path = _save(fig, path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,157 @@
+"""The pipeline's file layout and the few helpers every stage shares (all paths relative to the repo root)."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from dkdm.errors import DkdmError
+from dkdm.settings import Settings
+
+OUT = Path("outputs")
+DATA_FILE = OUT / "data" / "dataset.npz"
+DATA_INFO = OUT / "data" / "info.json"
+TEACHER_FILE = OUT / "teacher" / "teacher.safetensors"
+FEATURES_DIR = OUT / "features"
+CLASSIFIER_FILE = FEATURES_DIR / "classifier.safetensors"
+REAL_STATS_FILE = FEATURES_DIR / "real_stats.safetensors"
+REFERENCE_DIR = OUT / "reference"
+SYNTHETIC_FILE = REFERENCE_DIR / "teacher_samples.safetensors"
+TEACHER_STATS_FILE = REFERENCE_DIR / "teacher_stats.safetensors"
+REFERENCE_METRICS = REFERENCE_DIR / "metrics.json"
+POOL_FILE = OUT / "pool" / "pool.safetensors"
+STUDENTS_DIR = OUT / "students"
+EVALUATION_DIR = OUT / "evaluation"
+REPORT_DIR = OUT / "report"
+CURVES_DIR = OUT / "curves"  # loss curves as CSV, for `dvc plots` (outside the model outs, which they describe)
+# Resume state lives outside the DVC outs: DVC deletes a stage's outs before rerunning it.
+WORK_DIR = Path(".dkdm") / "work"
+
+
+def student_dir(run: str) -> Path:
+    return STUDENTS_DIR / run
+
+
+def student_file(run: str) -> Path:
+    return student_dir(run) / "student.safetensors"
+
+
+def evaluation_dir(run: str) -> Path:
+    return EVALUATION_DIR / run
+
+
+def work_dir(name: str) -> Path:
+    path = WORK_DIR / name
+    path.mkdir(parents=True, exist_ok=True)
+    ignore = WORK_DIR.parent / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("*\n")  # the folder ignores itself: resume state never reaches git
+    return path
+
+
+def require(path: Path, made_by: str) -> Path:
+    if not path.exists():
+        raise DkdmError(f"{path} does not exist; run `{made_by}` first (or `dvc repro`)")
+    return path
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """Atomic JSON write (temp file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def diffusion_dict(settings: Settings, respacing: str | None = None) -> dict[str, Any]:
+    """The profile's diffusion as `create_diffusion` keyword arguments, optionally respaced."""
+    config = settings.diffusion.to_dict()
+    if respacing is not None:
+        config["timestep_respacing"] = respacing
+    return config
+
+
+def make_diffusion(settings: Settings, respacing: str | None = None):
+    from training.diffusion import create_diffusion
+
+    return create_diffusion(**diffusion_dict(settings, respacing))
+
+
+def load_teacher(device: Any, *, ema: bool = True):
+    """(teacher network, its checkpoint meta) from the pipeline's teacher checkpoint."""
+    from training.models import load_checkpoint
+
+    require(TEACHER_FILE, "dkdm teacher")
+    return load_checkpoint(TEACHER_FILE, ema=ema, device=device)
+
+
+def image_shape(settings: Settings) -> tuple[int, int, int]:
+    return (settings.data.channels, settings.data.image_size, settings.data.image_size)
+
+
+def load_real_images(settings: Settings):
+    """The data stage's uint8 NHWC images and labels (None when the dataset has none)."""
+    import numpy as np
+
+    require(DATA_FILE, "dkdm data")
+    with np.load(DATA_FILE, allow_pickle=False) as data:
+        images = data["arr_0"]
+        labels = data["arr_1"] if "arr_1" in data.files else None
+    return images, labels
+
+
+def nhwc_to_model(images: Any):
+    from training.data import to_model_range
+
+    return to_model_range(images)
+
+
+def make_extractor(settings: Settings, device: Any):
+    """The feature network of the profile: the digits classifier, or Inception (weights path from settings)."""
+    if settings.features.kind == "digits":
+        from training.eval.features import DigitsFeatureExtractor
+
+        require(CLASSIFIER_FILE, "dkdm features")
+        return DigitsFeatureExtractor.from_file(CLASSIFIER_FILE, device=device)
+    from training.eval.inception import InceptionFeatureExtractor
+
+    return InceptionFeatureExtractor(settings.features.inception_weights, device=device)
+
+
+def md5_tags(stage_of_student: str | None) -> dict[str, str]:
+    """dvc.lock hashes of the teacher (and of a student's stage) for the lineage tags."""
+    from dkdm.lineage import locked_md5
+
+    tags = {"dkdm.dvc.teacher_md5": locked_md5("teacher", str(TEACHER_FILE.parent))}
+    if stage_of_student:
+        tags["dkdm.dvc.student_md5"] = locked_md5(stage_of_student, str(STUDENTS_DIR))
+    return {k: v for k, v in tags.items() if v}
+
+
+def teacher_fingerprint() -> str:
+    """sha256 of the teacher weights (from its sidecar): part of every work-folder key that uses the teacher."""
+    from training.models import read_checkpoint_meta
+
+    return str(read_checkpoint_meta(require(TEACHER_FILE, "dkdm teacher")).get("provenance", {}).get("sha256", ""))
+
+
+def keyed_work_dir(name: str, **parts: Any) -> Path:
+    import hashlib
+
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return work_dir(f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}")
+
+
+def clear_work_dir(folder: Path) -> None:
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)

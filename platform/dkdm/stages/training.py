@@ -1,0 +1,123 @@
+"""Training shared by the teacher and student stages: build the run, resume, train, write the checkpoint."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from dkdm.console import Context
+from dkdm.stages.common import clear_work_dir, diffusion_dict, image_shape, make_diffusion, work_dir
+
+LOSS_COLUMNS = ("step", "loss", "mse", "vb")
+
+
+class LossLog:
+    """A Tracker that forwards everything and also keeps train/loss per logged step as CSV (for `dvc plots`)."""
+
+    def __init__(self, inner: Any, csv_path: Path) -> None:
+        self.inner = inner
+        self.rows: list[dict[str, float]] = []
+        self.csv_path = csv_path
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self.inner.log_params(params)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        self.inner.log_metrics(metrics, step)
+        if "train/loss" in metrics:
+            self.rows.append({"step": step, **{k: metrics.get(f"train/{k}", float("nan")) for k in LOSS_COLUMNS[1:]}})
+
+    def log_artifact(self, path: str | Path) -> None:
+        self.inner.log_artifact(path)
+
+    def write(self) -> Path:
+        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.csv_path.with_name(f".{self.csv_path.name}.tmp")
+        with tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=LOSS_COLUMNS)
+            writer.writeheader()
+            for row in self.rows:
+                writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        tmp.replace(self.csv_path)
+        return self.csv_path
+
+
+def run_key(name: str, config: Any, extra: Mapping[str, Any]) -> str:
+    """A work folder per exact configuration, so a stale resume state never meets a changed run."""
+    blob = json.dumps({"config": config.model_dump(mode="json"), **extra}, sort_keys=True, default=str)
+    return f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def train_network(
+    ctx: Context,
+    *,
+    name: str,
+    preset: str,
+    config: Any,
+    out_file: Path,
+    tracker: Any,
+    loss_csv: Path,
+    provenance: Mapping[str, Any],
+    teacher: Any = None,
+    pool_path: Path | None = None,
+    real_images: Any = None,
+    synthetic_images: Any = None,
+    eval_fn: Any = None,
+    extra_key: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train `preset` with `config` (a DistillConfig) and save EMA + raw weights to `out_file`.
+
+    Resumes from `.dkdm/work/<name>-<hash>/` after an interruption; with early stopping the best EMA weights
+    (by config.select_metric) become the checkpoint. Returns a small summary (steps, seconds, losses).
+    """
+    import torch
+
+    from training.distill.run import build_run
+    from training.models import create_model, get_preset, save_checkpoint
+    from training.train.trainer import BEST_FILE, load_best_weights
+
+    device = ctx.device
+    settings = ctx.settings
+    torch.manual_seed(config.seed)  # weight initialisation; the trainer seeds everything after it
+    student = create_model(get_preset(preset))
+    diffusion = make_diffusion(settings)
+    folder = work_dir(run_key(name, config, {"preset": preset, "diffusion": diffusion_dict(settings),
+                                             **(extra_key or {})}))
+    log = LossLog(tracker, loss_csv)
+    trainer = build_run(
+        config, student=student, student_diffusion=diffusion, image_shape=image_shape(settings), device=device,
+        teacher=teacher, teacher_diffusion=diffusion if teacher is not None else None, pool_path=pool_path,
+        real_images=real_images, synthetic_images=synthetic_images, out_dir=folder, tracker=log, eval_fn=eval_fn,
+        run_meta={"name": name, "preset": preset},
+    )
+    resumed = trainer.resume_if_possible()
+    start_step = trainer.step
+    started = time.perf_counter()
+    result = trainer.run()
+    seconds = time.perf_counter() - started
+    ema_model = trainer.ema.model
+    best_step = None
+    if (folder / BEST_FILE).is_file():
+        meta = load_best_weights(folder / BEST_FILE, ema_model, ema=True)
+        best_step = meta.get("step")
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out_file, trainer.model, model_config=get_preset(preset), diffusion_config=diffusion_dict(settings),
+                    provenance={**provenance, "steps": result.step, "best_step": best_step}, ema_model=ema_model)
+    log.write()
+    done = result.step - start_step
+    summary = {
+        "steps": result.step,
+        "resumed_from": start_step if resumed else None,
+        "seconds": seconds,
+        "train_seconds_per_100_iters": 100.0 * seconds / done if done else None,
+        "skipped_steps": result.skipped_steps,
+        "stopped_early": result.stopped_early,
+        "best_step": best_step,
+        "final_loss": log.rows[-1]["loss"] if log.rows else None,
+        "source_stats": result.source_stats,
+    }
+    clear_work_dir(folder)  # finished: the resume state is no longer needed
+    return summary
