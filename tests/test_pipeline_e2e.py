@@ -131,3 +131,18 @@ def test_ci_profile_mlflow_runs_and_registry(pipeline):
         assert len(versions) == 1, method
         files = {a.path for a in client.list_artifacts(versions[0].run_id, "student")}
         assert files == {"student/student.safetensors", "student/student.json"}, files
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_dashboard_pages_render_from_ci_store(pipeline):
+    """Issue 7's 'done when': every dashboard page renders from the store the `ci` profile filled."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from fixtures_mlflow import render_dashboard_pages
+
+    repo, _, _ = pipeline
+    pages = render_dashboard_pages(f"sqlite:///{repo / 'mlflow.db'}", None, repo)
+    explorer = pages["pages/run_explorer.py"]
+    assert explorer["dataframes"], "the run explorer lists the ci runs"
+    assert any(df.shape[0] >= 4 for df in explorer["dataframes"]), "at least the four ci students are listed"
+    assert not pages["pages/pipeline.py"]["errors"], pages["pages/pipeline.py"]["errors"]

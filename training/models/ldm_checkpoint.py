@@ -1,6 +1,6 @@
 """The released CompVis LDM checkpoint layout (PyTorch-Lightning `model.ckpt`), read into our UNet and VQ autoencoder.
 
-Layout of `torch.load(path)["state_dict"]`:
+Layout of `torch.load(path, weights_only=True)["state_dict"]`:
   12 schedule buffers (no prefix) | `model.diffusion_model.*` the UNet | `model_ema.*` its EMA, named
   `model_ema.` + `diffusion_model.<key>` with every dot removed, plus `model_ema.decay` / `model_ema.num_updates` |
   `first_stage_model.*` the VQ autoencoder.
