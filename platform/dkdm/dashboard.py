@@ -11,6 +11,14 @@ from dkdm.dashboard_data import EXPERIMENT_ENV, PROJECT_ROOT_ENV, STORAGE_ENV, T
 APP_PATH = Path(__file__).resolve().parents[2] / "dashboards" / "app.py"
 
 
+def find_app(project_root: Path | None = None) -> Path:
+    """The app of the project being looked at (DKDM_PROJECT_ROOT or the working directory) before the one beside
+    this module: a non-editable install (the Docker images) has no dashboards/ next to site-packages."""
+    root = Path(project_root or os.environ.get(PROJECT_ROOT_ENV) or Path.cwd())
+    candidate = root / "dashboards" / "app.py"
+    return candidate if candidate.is_file() else APP_PATH
+
+
 def dashboard_command(port: int = 8501, address: str = "127.0.0.1", app: Path = APP_PATH) -> list[str]:
     """The `streamlit run` command line (headless, no usage statistics)."""
     if not 0 < int(port) < 65536:
@@ -43,7 +51,7 @@ def dashboard_env(tracking_uri: str | None = None, storage: str | None = None, e
 def run_dashboard(port: int = 8501, address: str = "127.0.0.1", tracking_uri: str | None = None,
                   storage: str | None = None, experiment: str | None = None) -> int:
     """Serve the dashboard until interrupted; returns streamlit's exit code (0 after Ctrl-C)."""
-    command = dashboard_command(port, address)
+    command = dashboard_command(port, address, find_app())
     process = subprocess.Popen(command, env=dashboard_env(tracking_uri, storage, experiment))
     try:
         return process.wait()

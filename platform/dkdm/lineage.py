@@ -18,7 +18,8 @@ def git_commit(cwd: Path | None = None) -> tuple[str, bool]:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
                                capture_output=True, text=True, timeout=30, check=True).stdout.strip() != ""
     except (OSError, subprocess.SubprocessError):
-        return "unknown", False
+        # Images carry no .git; their build records the commit (docker/Dockerfile: --build-arg GIT_COMMIT).
+        return os.environ.get("DKDM_GIT_COMMIT") or "unknown", False
     return sha, dirty
 
 
