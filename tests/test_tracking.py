@@ -139,7 +139,7 @@ def test_sqlite_run_has_contract_tags_params_artifacts_and_registry(project):
         tracker.register_model(student_model_name("ci", "dynamic"), [weights, project / "student.json"],
                                tags={"dkdm.run": "dynamic"})
         run_id = tracker.run_id
-    client = MlflowClient("sqlite:///mlflow.db")
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     for tag in ("dkdm.stage", "dkdm.profile", "dkdm.dataset", "dkdm.scale", "dkdm.method", "dkdm.teacher",
@@ -164,7 +164,7 @@ def test_failed_body_marks_the_run_failed(project):
         with start_run(_settings(system_metrics=False), stage="evaluate", run_name="boom") as tracker:
             run_id = tracker.run_id
             raise ValueError("bad")
-    assert MlflowClient("sqlite:///mlflow.db").get_run(run_id).info.status == "FAILED"
+    assert MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_run(run_id).info.status == "FAILED"
 
 
 def _free_port() -> int:

@@ -177,7 +177,7 @@ class EvaluateSettings(Section):
 
 class TrackingSettings(Section):
     enabled: bool = True
-    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (a server for teams)")
+    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (a server for teams)", validate_default=True)
     experiment: str = "dkdm"
     system_metrics: bool = True
     system_metrics_interval_s: float = Field(5.0, gt=0)
@@ -187,6 +187,16 @@ class TrackingSettings(Section):
     batch_interval_s: float = Field(1.0, ge=0, description="metrics are sent at most this often, in batches")
     flush_timeout_s: float = Field(60.0, ge=0, description="at the end, how long to wait for a lost server")
     spool_dir: Path = Path(".dkdm/spool")
+
+    @field_validator("uri")
+    @classmethod
+    def _absolute_sqlite(cls, value: str) -> str:
+        # MLflow caches one store per URI string in the process: a relative sqlite:/// path would keep writing to
+        # the file of whatever directory the first command ran in. Resolve it against the working directory once.
+        prefix = "sqlite:///"
+        if value.startswith(prefix) and not value.startswith(prefix + "/") and value != prefix + ":memory:":
+            return prefix + str(Path(value.removeprefix(prefix)).resolve())
+        return value
 
 
 class Settings(BaseSettings):

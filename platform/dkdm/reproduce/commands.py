@@ -24,12 +24,13 @@ SeedOpt = Annotated[int, typer.Option("--seed", "-s", help="a seed from experime
 def _enter(directory: Path, params_file: str, **extra):
     """Parse the experiment and its settings once, then work inside its folder (the platform's relative layout)."""
     from dkdm.console import Context, apply_runtime
-    from dkdm.reproduce.params import experiment_settings, read_params
+    from dkdm.reproduce.params import ensure_tracking_experiment, experiment_settings, read_params
 
     directory = directory.resolve()
     params = read_params(directory, params_file)
     settings = experiment_settings(params, directory, **extra)
     apply_runtime(settings)
+    ensure_tracking_experiment(settings, directory)
     os.chdir(directory)
     return params, Context(settings=settings, profile_file=directory / params_file)
 

@@ -31,13 +31,14 @@ def _run(cmd: list[str], log: Path) -> None:
 def _create_tracking_store(params: ExperimentParams, directory: Path) -> None:
     """Create the MLflow store before processes share it: two commands creating a fresh SQLite store at once
     race in its schema migration ("duplicate column name")."""
-    from dkdm.reproduce.params import experiment_settings
+    from dkdm.reproduce.params import ensure_tracking_experiment, experiment_settings
     from dkdm.tracking import _client, check_reachable, experiment_id
 
-    tracking = experiment_settings(params, directory).tracking
-    if tracking.enabled:
-        check_reachable(tracking)
-        experiment_id(_client(tracking), tracking.experiment)
+    settings = experiment_settings(params, directory)
+    if settings.tracking.enabled:
+        check_reachable(settings.tracking)
+        ensure_tracking_experiment(settings, directory)
+        experiment_id(_client(settings.tracking), settings.tracking.experiment)
 
 
 def run_all(params: ExperimentParams, directory: Path, params_file: str, jobs: int) -> float:

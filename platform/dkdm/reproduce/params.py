@@ -125,6 +125,26 @@ def _tracking_override(params: ExperimentParams, experiment_dir: Path) -> dict[s
     return {"uri": uri}
 
 
+def ensure_tracking_experiment(settings: Settings, experiment_dir: Path) -> None:
+    """With a local store, create the MLflow experiment (if new) with its artifacts at the repository root.
+
+    The commands work inside the experiment folder, and MLflow puts a new experiment's artifact root in the
+    working directory (./mlruns): without this, the first command would fix every later run's artifacts there."""
+    tracking = settings.tracking
+    if not tracking.enabled or not tracking.uri.startswith("sqlite:///"):
+        return
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=tracking.uri)
+    if client.get_experiment_by_name(tracking.experiment) is None:
+        try:
+            client.create_experiment(tracking.experiment,
+                                     artifact_location=(_repo_root(experiment_dir) / "mlruns").as_uri())
+        except MlflowException:  # created meanwhile by a concurrent command: its location stands
+            pass
+
+
 def experiment_settings(params: ExperimentParams, experiment_dir: Path, **extra: Any) -> Settings:
     """The base profile + `settings` + `extra` (e.g. seed), validated once; tracking goes to the repo's store."""
     overrides = _merge(params.settings, extra)

@@ -28,13 +28,15 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _teacher_lines(ax, results: Results, name_attr: str) -> None:
+def _teacher_lines(ax, results: Results, name_attr: str, *, vertical: bool = False) -> None:
+    """The teacher's mean score and the noise floor as reference lines (vertical where scores are on x)."""
+    line = ax.axvline if vertical else ax.axhline
     teacher = results.teacher.get(getattr(results, name_attr), [])
     if teacher:
-        ax.axhline(sum(teacher) / len(teacher), color="black", ls="--", lw=1, label="teacher")
+        line(sum(teacher) / len(teacher), color="black", ls="--", lw=1, label="teacher")
     floor = results.teacher.get(results.metric_noise_floor, [])
     if floor:
-        ax.axhline(sum(floor) / len(floor), color="grey", ls=":", lw=1, label="noise floor")
+        line(sum(floor) / len(floor), color="grey", ls=":", lw=1, label="noise floor")
 
 
 def curves(results: Results, path: Path, variants: list[str]) -> Path | None:
@@ -76,7 +78,7 @@ def scores(results: Results, path: Path, variants: list[str], confidence: float)
             err = [[iv.mean - iv.low], [iv.high - iv.mean]] if iv.n > 1 else None
             ax.errorbar([iv.mean], [row], xerr=err, fmt="s", color="C0", capsize=4)
             ax.scatter(getattr(result, metric), [row] * len(getattr(result, metric)), color="C1", s=12, zorder=3)
-        _teacher_lines(ax, results, name_attr)
+        _teacher_lines(ax, results, name_attr, vertical=True)
         ax.set_yticks(range(len(variants)), [results.variants[v].label for v in variants])
         ax.invert_yaxis()
         ax.set_xlabel(f"{getattr(results, name_attr)} ({results.num_samples} samples; lower is better)")

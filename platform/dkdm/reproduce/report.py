@@ -116,8 +116,9 @@ def markdown(ctx: Context, params: ExperimentParams, results: Results, decided: 
         if path is not None:
             lines += [f"**{title}**", "", f"![{title}]({path.name})", ""]
     lines += ["## How this was produced", "",
-              "`dvc repro experiments/reproduce/dvc.yaml` (definition: experiments/reproduce/dvc.yaml and params.yaml; "
-              "`dkdm reproduce use NAME` switches to params-NAME.yaml, e.g. `cifar10` for paper scale).",
+              f"From `{ctx.profile_file}` (base profile `{params.base_profile}`). The definition's one command is "
+              "`dvc repro experiments/reproduce/dvc.yaml`; `dkdm reproduce run-all -j N` runs the same commands N at a "
+              "time; `dkdm reproduce use NAME` switches to params-NAME.yaml (e.g. `cifar10` for paper scale).",
               f"CPU-scale numbers are FD in a {settings.features.kind} feature space, not FID: only orderings and "
               "ratios are comparable with the paper."]
     return "\n".join(lines) + "\n"

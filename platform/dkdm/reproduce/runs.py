@@ -126,7 +126,11 @@ class CurveRecorder:
     def __init__(self, ctx: Context, path: Path) -> None:
         self.ctx = ctx
         self.path = path
+        # A resumed run continues its curve: the points before the resume step stay (later ones are redone).
         self.rows: list[dict[str, float]] = []
+        if path.is_file():
+            with path.open(newline="") as handle:
+                self.rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
         self.extractor, self.real, self.teacher = _scorer(ctx)
         self.diffusion = make_diffusion(ctx.settings, _eval_respacing(ctx))
         self.names = self.extractor.metric_names
@@ -140,6 +144,7 @@ class CurveRecorder:
         scores = evaluate_features(features, space=self.extractor.space, names=self.names, real_stats=self.real,
                                    teacher_stats=self.teacher, precision_recall_on=False)
         fd, fd_teacher = scores[self.names.fd], scores[self.names.against_teacher(self.names.fd)]
+        self.rows = [row for row in self.rows if row["step"] < step]
         self.rows.append({"step": step, "fd": fd, "fd_teacher": fd_teacher})
         self.write()
         return {self.names.fd: fd, self.names.against_teacher(self.names.fd): fd_teacher}

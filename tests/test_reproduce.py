@@ -1,0 +1,270 @@
+"""The reproduction experiment: intervals, the verdict rule, aggregation and the report on synthetic numbers, and
+(slow) the CI variant of experiments/reproduce run end to end through `dvc repro`."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dkdm.cli import app
+from dkdm.errors import DkdmError
+from dkdm.reproduce.claims import Claim, decide, paper_claims
+from dkdm.reproduce.params import ExperimentParams, read_params
+from dkdm.reproduce.stats import compare, t_interval, welch_p
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENT = REPO / "experiments" / "reproduce"
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def test_t_interval_matches_hand_computation():
+    iv = t_interval([1.0, 2.0, 3.0])
+    # mean 2, sd 1, t(0.975, 2 dof) = 4.302653: half width 4.302653 / sqrt(3) = 2.484138 (1e-5: table precision).
+    assert iv.mean == pytest.approx(2.0)
+    assert iv.sd == pytest.approx(1.0)
+    assert iv.half_width == pytest.approx(2.484138, abs=1e-5)
+    assert (iv.low, iv.high) == pytest.approx((2.0 - 2.484138, 2.0 + 2.484138), abs=1e-5)
+    assert iv.text() == "2 ± 2.48"
+
+
+def test_t_interval_small_samples():
+    single = t_interval([5.0])
+    assert single.mean == 5.0 and single.n == 1 and math.isnan(single.low)
+    assert single.text() == "5 (n=1)"
+    empty = t_interval([float("nan")])
+    assert empty.n == 0 and empty.text() == "n/a"
+    assert t_interval([1.0, 2.0, 3.0], confidence=0.99).half_width > t_interval([1.0, 2.0, 3.0]).half_width
+
+
+def test_welch_p_and_compare():
+    # t = -3 / sqrt(1/3 + 1/3) = -3.674, df = 4 (equal variances): two-sided p = 0.02131 (hand/table, 1e-4).
+    assert welch_p([1, 2, 3], [4, 5, 6]) == pytest.approx(0.02131, abs=1e-4)
+    assert compare([1, 2, 3], [4, 5, 6]) == ("better", pytest.approx(0.02131, abs=1e-4))
+    assert compare([4, 5, 6], [1, 2, 3])[0] == "worse"
+    assert compare([1, 2, 3], [1.5, 2.5, 3.5])[0] == "tie"
+    assert compare([1, 2, 3], [4, 5, 6], alpha=0.01)[0] == "tie"
+    assert compare([1.0], [4, 5, 6])[0] == "unknown"
+    # Zero variance on both sides: equal means are a tie, different means as certain as it gets.
+    assert compare([2, 2, 2], [2, 2, 2]) == ("tie", 1.0)
+    assert compare([1, 1, 1], [2, 2, 2]) == ("better", 0.0)
+
+
+# --------------------------------------------------------------------------- verdict rule
+
+CLAIM = Claim("k", "a beats b", "paper", "fd", (("a", "b"),))
+
+
+def test_decide_follows_the_stated_rule():
+    assert decide(CLAIM, {"a": [1, 2, 3], "b": [4, 5, 6]}, 0.05).verdict == "reproduced"
+    assert decide(CLAIM, {"a": [4, 5, 6], "b": [1, 2, 3]}, 0.05).verdict == "not reproduced"
+    assert decide(CLAIM, {"a": [1, 2, 3], "b": [1.5, 2.5, 3.5]}, 0.05).verdict == "inconclusive"
+    missing = decide(CLAIM, {"a": [1, 2, 3]}, 0.05)
+    assert missing.verdict == "inconclusive" and missing.missing == ["b"]
+    two = Claim("o", "a > b > c", "p", "fd", (("a", "b"), ("b", "c")))
+    ordered = {"a": [1, 1.1, 0.9], "b": [5, 5.1, 4.9], "c": [9, 9.1, 8.9]}
+    assert decide(two, ordered, 0.05).verdict == "reproduced"
+    # One pair significant, the other a tie: not every listed comparison holds.
+    assert decide(two, {**ordered, "c": [5, 5.1, 4.9]}, 0.05).verdict == "inconclusive"
+
+
+def test_rho_claim_uses_extremes_and_rejects_reversals():
+    claims = {c.key: c for c in paper_claims([(0.4, "r4"), (0.01, "r01"), (0.1, "r1")])}
+    rho = claims["rho"]
+    assert rho.pairs == (("r4", "r01"),)
+    assert set(rho.reversals) == {("r1", "r01"), ("r4", "r1")}
+    good = {"r01": [9, 9.2, 8.8], "r1": [5, 5.2, 4.8], "r4": [5.1, 4.9, 5.0]}
+    assert decide(rho, good, 0.05).verdict == "reproduced"  # flattening after 0.1 is allowed
+    worse_at_top = {"r01": [9, 9.2, 8.8], "r1": [3, 3.1, 2.9], "r4": [5.1, 4.9, 5.0]}
+    assert decide(rho, worse_at_top, 0.05).verdict == "not reproduced"
+    assert {c.key for c in paper_claims([])} == {"dynamic_vs_data_free", "variant_order", "fd_teacher_approaches",
+                                                 "data_based_upper"}
+
+
+# --------------------------------------------------------------------------- definition files
+
+
+@pytest.mark.parametrize("name", ["params.yaml", "params-ci.yaml", "params-reduced.yaml", "params-cifar10.yaml"])
+def test_shipped_definitions_validate(name):
+    params = read_params(EXPERIMENT, name)
+    exp = params.experiment
+    assert "dynamic" in exp.variants and len(exp.seeds) >= 2
+    if name == "params.yaml":
+        assert len(exp.seeds) == 3 and set(exp.variants) >= {"dynamic", "shuffled", "iterative", "data_free",
+                                                               "data_based"}
+        assert sorted(exp.variant_specs[v].rho for v in exp.rho_sweep) == [0.01, 0.05, 0.1, 0.4]
+        assert params.settings["distill"]["train"]["iterations"] == 8000
+
+
+def test_bad_definition_is_one_line(tmp_path):
+    text = (EXPERIMENT / "params-ci.yaml").read_text().replace("rho_sweep: [rho_0p1, dynamic]",
+                                                                "rho_sweep: [rho_0p1, nope]")
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(DkdmError, match="variant 'nope' has no entry"):
+        read_params(tmp_path)
+    (tmp_path / "params.yaml").write_text(text.replace("rho_0p1, nope", "rho_0p1, dynamic").replace(
+        "data_free:  {method: data_free}", "data_free:  {method: data_free, rho: 0.2}"))
+    with pytest.raises(DkdmError, match="rho only applies to method 'dynamic'"):
+        read_params(tmp_path)
+
+
+def test_cli_rejects_unknown_variant(tmp_path, monkeypatch):
+    shutil.copy(EXPERIMENT / "params-ci.yaml", tmp_path / "params.yaml")
+    text = (tmp_path / "params.yaml").read_text().replace("../../platform/dkdm/configs/ci.yaml", "ci")
+    (tmp_path / "params.yaml").write_text(text)
+    monkeypatch.setenv("DKDM_TRACKING__URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    result = CliRunner().invoke(app, ["reproduce", "run-one", "--variant", "nope", "--seed", "0", "--dir",
+                                      str(tmp_path)])
+    assert result.exit_code == 2
+    assert "--variant: 'nope' is not in experiment.variant_specs" in result.output
+
+
+# --------------------------------------------------------------------------- aggregation and report
+
+
+def _synthetic_grid(root: Path, params: ExperimentParams) -> None:
+    """Scores built so that: dynamic < data_free clearly; shuffled/iterative missing; rho sweep improving."""
+    means = {"dynamic": (3.0, 1.0), "data_free": (6.0, 4.0), "data_based": (2.0, 0.8), "rho_0p1": (4.0, 2.0)}
+    for variant, (fd, fdp) in means.items():
+        for k, seed in enumerate(params.experiment.seeds):
+            folder = root / "outputs" / "evaluation" / f"{variant}-s{seed}"
+            folder.mkdir(parents=True)
+            jitter = 0.01 * (k - 0.5)
+            (folder / "metrics.json").write_text(json.dumps({"fd_digits": fd + jitter, "fd_digits_teacher": fdp + jitter,
+                                                             "train_seconds_per_100_iters": 1.0}))
+            curve = root / "outputs" / "students" / f"{variant}-s{seed}" / "curve.csv"
+            curve.parent.mkdir(parents=True)
+            curve.write_text(f"step,fd,fd_teacher\n4,{fd * 2},{fdp * 3}\n8,{fd},{fdp}\n")
+    teacher = root / "outputs" / "teacher_eval" / "metrics.json"
+    teacher.parent.mkdir(parents=True)
+    teacher.write_text(json.dumps({
+        "num_samples": 48, "sampling_steps": 5, "metric_fd": "fd_digits", "metric_fd_teacher": "fd_digits_teacher",
+        "metric_noise_floor": "fd_digits_noise_floor",
+        "seeds": [{"seed": s, "fd_digits": 2.5, "fd_digits_teacher": 0.5, "fd_digits_noise_floor": 0.3}
+                  for s in params.experiment.seeds]}))
+
+
+def test_report_on_synthetic_grid(tmp_path, monkeypatch):
+    from dkdm.console import Context
+    from dkdm.reproduce.params import experiment_settings
+    from dkdm.reproduce.report import write_report
+
+    text = (EXPERIMENT / "params-ci.yaml").read_text().replace("../../platform/dkdm/configs/ci.yaml", "ci")
+    text = text.replace("variants: [dynamic, data_free]", "variants: [dynamic, data_free, data_based, rho_0p1]")
+    (tmp_path / "params.yaml").write_text(text)
+    params = read_params(tmp_path)
+    _synthetic_grid(tmp_path, params)
+    settings = experiment_settings(params, tmp_path, tracking={"enabled": False})
+    monkeypatch.chdir(tmp_path)
+    data = write_report(Context(settings=settings, profile_file=tmp_path / "params.yaml"), params)
+
+    verdicts = {k: v["verdict"] for k, v in data["verdicts"].items()}
+    assert verdicts == {"dynamic_vs_data_free": "reproduced", "variant_order": "inconclusive", "rho": "reproduced",
+                        "fd_teacher_approaches": "reproduced", "data_based_upper": "reproduced"}
+    assert data["variants"]["dynamic"]["fd"] == pytest.approx(3.0)
+    assert data["teacher"]["fd_digits_noise_floor"] == pytest.approx(0.3)
+    report = (tmp_path / "outputs" / "report" / "report.md").read_text()
+    assert report.count("| **reproduced**") == 4 and report.count("| **inconclusive**") == 1
+    assert "missing: iterative, shuffled" in report
+    assert "| *noise floor* (two sets of 48 teacher samples)" in report
+    assert "Student/teacher fd_digits_teacher ratio (dynamic): 2.00" in report
+    assert "no (-67%)" in report  # curves halve/third over the last quarter: not flat
+    for figure in ("fd_curves.png", "scores.png", "rho_sweep.png"):
+        assert (tmp_path / "outputs" / "report" / figure).read_bytes()[:4] == b"\x89PNG"
+    rows = (tmp_path / "outputs" / "report" / "results.csv").read_text().splitlines()
+    assert rows[0] == "variant,method,rho,seed,fd_digits,fd_digits_teacher" and len(rows) == 1 + 8
+
+
+# --------------------------------------------------------------------------- end to end (slow)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_ci_variant_runs_through_dvc_repro(tmp_path):
+    """The tiny variant of the definition through `dvc repro` in a fresh repository (~3 minutes on 2 idle cores)."""
+    root = tmp_path / "repo"
+    target = root / "experiments" / "reproduce"
+    target.mkdir(parents=True)
+    shutil.copy(EXPERIMENT / "dvc.yaml", target / "dvc.yaml")
+    shutil.copy(EXPERIMENT / "params-ci.yaml", target / "params.yaml")
+    # dvc.yaml calls ../../.venv/bin/python and params name ../../platform/dkdm/configs/ci.yaml, as in the repo.
+    (root / ".venv").symlink_to(REPO / ".venv")
+    (root / "platform").symlink_to(REPO / "platform")
+    env = {**os.environ, "DKDM_TRACKING__URI": f"sqlite:///{root / 'mlflow.db'}"}
+    dvc = str(REPO / ".venv" / "bin" / "dvc")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run([dvc, "init", "-q"], cwd=root, check=True, env=env)
+    done = subprocess.run([dvc, "repro", "experiments/reproduce/dvc.yaml"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=840)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    report = (target / "outputs" / "report" / "report.md").read_text()
+    verdict_lines = sum(report.count(f"| **{v}**") for v in ("reproduced", "not reproduced", "inconclusive"))
+    assert verdict_lines == 5  # one verdict line per claim
+    summary = json.loads((target / "outputs" / "report" / "summary.json").read_text())
+    # params-ci.yaml runs dynamic and data_free only; the rho point it names but does not run is reported missing.
+    assert summary["missing"] == ["rho_0p1-s0", "rho_0p1-s1"] and summary["variants"]["dynamic"]["n"] == 2
+    assert summary["verdicts"]["rho"]["verdict"] == "inconclusive"
+    assert math.isfinite(summary["teacher"]["fd_digits_noise_floor"])
+    lock = (target / "dvc.lock").read_text()
+    assert "student@data_free-1" in lock and "evaluate@dynamic-1" in lock and "report:" in lock
+    with sqlite3.connect(root / "mlflow.db") as db:
+        stages = dict(db.execute("select value, count(*) from tags where key='dkdm.stage' group by value").fetchall())
+        scale = db.execute("select t.value from tags t join tags s on t.run_uuid = s.run_uuid where "
+                           "s.key='dkdm.stage' and s.value='reproduce' and t.key='dkdm.scale'").fetchall()
+    assert stages["reproduce"] == 1 and stages["distill"] == 2 and stages["train"] == 2
+    assert scale == [("cpu",)]
+
+
+def test_curve_survives_a_resume(tmp_path, monkeypatch):
+    """A resumed student keeps the curve points it had before the resume step and redoes the later ones."""
+    from types import SimpleNamespace as NS
+
+    import numpy as np
+
+    import training.eval.evaluate as evaluate
+    from dkdm.reproduce import runs
+    from training.eval.extractor import DIGITS_METRICS
+
+    extractor = NS(metric_names=DIGITS_METRICS, space="digits", extract=lambda samples, batch_size: None)
+    monkeypatch.setattr(runs, "_scorer", lambda ctx: (extractor, None, None))
+    monkeypatch.setattr(runs, "make_diffusion", lambda *a, **k: None)
+    monkeypatch.setattr(runs, "_sample", lambda *a, **k: np.zeros((2, 8, 8, 1), np.uint8))
+    scores = iter([{"fd_digits": 5.0, "fd_digits_teacher": 1.0}, {"fd_digits": 4.0, "fd_digits_teacher": 0.5}])
+    monkeypatch.setattr(evaluate, "evaluate_features", lambda *a, **k: next(scores))
+    path = tmp_path / "curve.csv"
+    path.write_text("step,fd,fd_teacher\n200,9,3\n400,8,2\n600,7,1.5\n")
+    settings = NS(distill=NS(eval_samples=2), evaluate=NS(seed=0, use_ddim=False, respacing="5"),
+                  features=NS(batch_size=2))
+    recorder = runs.CurveRecorder(NS(settings=settings), path)
+    assert recorder(600, None) == {"fd_digits": 5.0, "fd_digits_teacher": 1.0}  # resumed at 400: 600 is redone
+    recorder(800, None)
+    assert path.read_text().splitlines() == ["step,fd,fd_teacher", "200,9,3", "400,8,2", "600,5,1", "800,4,0.5"]
+
+
+def test_new_tracking_experiment_keeps_artifacts_at_the_repo_root(tmp_path, monkeypatch):
+    """Commands run inside the experiment folder; a fresh store must not put its artifact root there."""
+    from mlflow import MlflowClient
+
+    from dkdm.reproduce.params import ensure_tracking_experiment, experiment_settings
+
+    (tmp_path / ".dvc").mkdir()
+    folder = tmp_path / "experiments" / "reproduce"
+    folder.mkdir(parents=True)
+    text = (EXPERIMENT / "params-ci.yaml").read_text().replace("../../platform/dkdm/configs/ci.yaml", "ci")
+    (folder / "params.yaml").write_text(text)
+    monkeypatch.delenv("DKDM_TRACKING__URI", raising=False)
+    monkeypatch.chdir(folder)
+    settings = experiment_settings(read_params(folder), folder)
+    assert settings.tracking.uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ensure_tracking_experiment(settings, folder)
+    found = MlflowClient(tracking_uri=settings.tracking.uri).get_experiment_by_name(settings.tracking.experiment)
+    assert found.artifact_location == (tmp_path / "mlruns").as_uri()
