@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -237,47 +235,19 @@ def test_released_layout_checkpoint_imports_through_the_stages(workdir):
 
 # --------------------------------------------------------------------------- latent-ci through dvc repro
 
-SKIP = {".git", ".venv", "outputs", "mlflow.db", "mlruns", "mlartifacts", ".dkdm", ".pytest_cache", "dvc.lock",
-        "__pycache__", "build", "dist", "optuna"}
-
-
-def _copy_tree(dst: Path) -> None:
-    def ignore(folder: str, names: list[str]) -> set[str]:
-        skipped = {n for n in names if n in SKIP or n.endswith(".egg-info")}
-        if Path(folder).name == ".dvc":
-            skipped |= {"cache", "tmp", "remote"}
-        return skipped
-
-    shutil.copytree(REPO, dst, ignore=ignore, symlinks=True)
-    (dst / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)  # stages call .venv/bin/python
-
-
-def _run(cmd: list[str], cwd: Path, timeout: int) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DKDM_") or k == "DKDM_SHARED"}
-    env["PYTHONPATH"] = f"{cwd}{os.pathsep}{cwd / 'platform'}"  # the copy's own code, not the checkout's
-    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
-    return out
-
-
 @pytest.fixture(scope="module")
 def latent_pipeline(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("latent-e2e") / "repo"
-    _copy_tree(repo)
-    git = ["git", "-c", "user.email=ci@dkdm", "-c", "user.name=ci"]
-    _run(["git", "init", "-q"], repo, 60)
-    _run(git + ["add", "-A"], repo, 60)
-    _run(git + ["commit", "-qm", "latent e2e"], repo, 60)
-    python = str(repo / ".venv" / "bin" / "python")
-    _run([python, "-m", "dkdm", "profile", "use", "latent-ci"], repo, 120)
-    dvc = str(Path(sys.prefix) / "bin" / "dvc")
-    repro = _run([dvc, "repro"], repo, 840)
-    return repo, dvc, repro
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from pipeline_helpers import repro_profile
+
+    return repro_profile(tmp_path_factory.mktemp("latent-e2e") / "repo", "latent-ci")
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_latent_ci_profile_dvc_repro(latent_pipeline):
+    from pipeline_helpers import run as _run
+
     repo, dvc, repro = latent_pipeline
     runs = ["dynamic", "data_free"]
     for path in ["outputs/autoencoder/first_stage.safetensors", "outputs/autoencoder/info.json",

@@ -3,53 +3,19 @@ MLflow runs (params, metrics, artifacts, lineage tags) and the registered studen
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-SKIP = {".git", ".venv", "outputs", "mlflow.db", "mlruns", "mlartifacts", ".dkdm", ".pytest_cache", "dvc.lock",
-        "__pycache__", "build", "dist", "optuna"}
-
-
-def _copy_tree(dst: Path) -> None:
-    def ignore(folder: str, names: list[str]) -> set[str]:
-        skipped = {n for n in names if n in SKIP or n.endswith(".egg-info")}
-        if Path(folder).name == ".dvc":
-            skipped |= {"cache", "tmp", "remote"}
-        return skipped
-
-    shutil.copytree(REPO, dst, ignore=ignore, symlinks=True)
-    # Stage commands call .venv/bin/python (docs/CONTRACTS.md): reuse the interpreter running the tests.
-    (dst / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
-
-
-def _run(cmd: list[str], cwd: Path, timeout: int) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DKDM_") or k == "DKDM_SHARED"}
-    env["PYTHONPATH"] = f"{cwd}{os.pathsep}{cwd / 'platform'}"  # the copy's own code, not the checkout's
-    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
-    return out
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pipeline_helpers import repro_profile, run as _run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("e2e") / "repo"
-    _copy_tree(repo)
-    git = ["git", "-c", "user.email=ci@dkdm", "-c", "user.name=ci"]
-    _run(["git", "init", "-q"], repo, 60)
-    _run(git + ["add", "-A"], repo, 60)
-    _run(git + ["commit", "-qm", "e2e"], repo, 60)
-    python = str(repo / ".venv" / "bin" / "python")
-    _run([python, "-m", "dkdm", "profile", "use", "ci"], repo, 120)
-    dvc = str(Path(sys.prefix) / "bin" / "dvc")
-    repro = _run([dvc, "repro"], repo, 840)
-    return repo, dvc, repro
+    return repro_profile(tmp_path_factory.mktemp("e2e") / "repo", "ci")
 
 
 @pytest.mark.slow

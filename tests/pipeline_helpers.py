@@ -1,0 +1,44 @@
+"""Run a profile through `dvc repro` in a temporary copy of the repository (shared by the end-to-end tests)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SKIP = {".git", ".venv", "outputs", "mlflow.db", "mlruns", "mlartifacts", ".dkdm", ".pytest_cache", "dvc.lock",
+        "__pycache__", "build", "dist", "optuna", "experiments"}
+
+
+def copy_tree(dst: Path) -> None:
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        skipped = {n for n in names if n in SKIP or n.endswith(".egg-info")}
+        if Path(folder).name == ".dvc":
+            skipped |= {"cache", "tmp", "remote"}
+        return skipped
+
+    shutil.copytree(REPO, dst, ignore=ignore, symlinks=True)
+    # Stage commands call .venv/bin/python (docs/CONTRACTS.md): reuse the interpreter running the tests.
+    (dst / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
+
+
+def run(cmd: list[str], cwd: Path, timeout: int) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DKDM_") or k == "DKDM_SHARED"}
+    env["PYTHONPATH"] = f"{cwd}{os.pathsep}{cwd / 'platform'}"  # the copy's own code, not the checkout's
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
+    return out
+
+
+def repro_profile(repo: Path, profile: str, timeout: int = 840) -> tuple[Path, str, subprocess.CompletedProcess]:
+    """Copy the repo to `repo`, commit it to a fresh git, activate `profile` and `dvc repro`; (repo, dvc, result)."""
+    copy_tree(repo)
+    git = ["git", "-c", "user.email=ci@dkdm", "-c", "user.name=ci"]
+    run(["git", "init", "-q"], repo, 60)
+    run(git + ["add", "-A"], repo, 60)
+    run(git + ["commit", "-qm", f"e2e {profile}"], repo, 60)
+    run([str(repo / ".venv" / "bin" / "python"), "-m", "dkdm", "profile", "use", profile], repo, 120)
+    dvc = str(Path(sys.prefix) / "bin" / "dvc")
+    return repo, dvc, run([dvc, "repro"], repo, timeout)
