@@ -30,6 +30,19 @@ CURVES_DIR = OUT / "curves"  # loss curves as CSV, for `dvc plots` (outside the 
 WORK_DIR = Path(".dkdm") / "work"
 
 
+
+def run_spec(settings: Settings, run_name: str, allowed: Any = None) -> Any:
+    """The `distill.runs` entry named by `--run`, refused in one line when unknown or of a method the command
+    does not train (`dkdm train` takes the baselines, `dkdm distill` the DKDM methods)."""
+    runs = settings.distill.runs
+    if run_name not in runs:
+        raise DkdmError(f"--run: {run_name!r} is not in distill.runs ({', '.join(runs) or 'none defined'})")
+    spec = runs[run_name]
+    if allowed is not None and spec.method not in allowed:
+        raise DkdmError(f"--run: {run_name!r} uses method {spec.method!r}; `dkdm train` runs the baselines "
+                        f"({', '.join(allowed)}), use `dkdm distill` for DKDM")
+    return spec
+
 def student_dir(run: str) -> Path:
     return STUDENTS_DIR / run
 

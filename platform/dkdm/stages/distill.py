@@ -11,6 +11,7 @@ from typing import Any
 from dkdm.console import Context, summary
 from dkdm.errors import DkdmError
 from dkdm.stages.common import (
+    run_spec,
     CURVES_DIR,
     POOL_FILE,
     SYNTHETIC_FILE,
@@ -89,13 +90,7 @@ def run(ctx: Context, run_name: str, *, allowed: tuple[str, ...] | None) -> None
         from dkdm.stages.latent_distill import distill as latent_distill
 
         return latent_distill(ctx, run_name, allowed=allowed)
-    runs = settings.distill.runs
-    if run_name not in runs:
-        raise DkdmError(f"--run: {run_name!r} is not in distill.runs ({', '.join(runs) or 'none defined'})")
-    spec = runs[run_name]
-    if allowed is not None and spec.method not in allowed:
-        raise DkdmError(f"--run: {run_name!r} uses method {spec.method!r}; `dkdm train` runs the baselines "
-                        f"({', '.join(allowed)}), use `dkdm distill` for DKDM")
+    spec = run_spec(settings, run_name, allowed)
     preset = settings.distill.student_for(run_name)
     config = settings.distill.config_for(run_name)
     kwargs, identity = _inputs(ctx, spec.method, ctx.device)
