@@ -167,6 +167,33 @@ def test_failed_body_marks_the_run_failed(project):
     assert MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_run(run_id).info.status == "FAILED"
 
 
+_CONCURRENT_RUN = """
+import sys, time
+from dkdm.settings import TrackingSettings
+from dkdm.tracking import _client, experiment_id
+start = float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))  # all processes open the fresh store at the same moment
+client = _client(TrackingSettings(uri=sys.argv[1]))
+client.create_run(experiment_id(client, "dkdm"), run_name=sys.argv[3])
+"""
+
+
+@pytest.mark.timeout(300)
+def test_processes_opening_a_fresh_sqlite_store_at_once_all_succeed(tmp_path):
+    """Without the lock, two of these fail in MLflow's schema migration ("duplicate column name")."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    start = str(time.time() + 8)  # past every interpreter's import of mlflow
+    procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT_RUN, uri, start, f"run-{i}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(4)]
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, outputs
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("dkdm").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == [f"run-{i}" for i in range(4)]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -70,7 +70,16 @@ def _client(tracking: TrackingSettings):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(5, int(tracking.connect_timeout_s))))
     _quiet_mlflow()
-    return MlflowClient(tracking_uri=tracking.uri, registry_uri=tracking.uri)
+    if not tracking.uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=tracking.uri, registry_uri=tracking.uri)
+    # Processes creating a fresh SQLite store at once race in MLflow's schema migration ("table ... already
+    # exists", "duplicate column name"): the client creates the store, so it is made under a lock file.
+    from filelock import FileLock
+
+    with FileLock(f"{tracking.uri.removeprefix('sqlite:///')}.lock", timeout=300):
+        client = MlflowClient(tracking_uri=tracking.uri, registry_uri=tracking.uri)
+        client.search_registered_models(max_results=1)  # the registry store is created lazily, on first use
+    return client
 
 
 def experiment_id(client: Any, name: str) -> str:
