@@ -225,6 +225,17 @@ def test_released_layout_checkpoint_imports_through_the_stages(workdir):
                                if k.startswith("first_stage_model.")})
     assert all(torch.equal(a, b) for a, b in zip(vq.state_dict().values(), reference.state_dict().values()))
 
+    # `dkdm sample` on the latent teacher: DDIM in latent space, decoded by the profile's first stage, deterministic.
+    for name in ("a", "b"):
+        result = runner.invoke(app, ["sample", "outputs/teacher/teacher.safetensors", "-n", "6", "--ddim",
+                                     "--steps", "4", "--batch-size", "4", "--out", f"{name}.npz"])
+        assert result.exit_code == 0, (result.output, result.stderr)
+    assert "4 DDIM steps (eta 0.0), decoded" in result.output
+    first, second = np.load("a.npz")["arr_0"], np.load("b.npz")["arr_0"]
+    assert first.shape == (6, 8, 8, 1) and first.dtype == np.uint8 and np.array_equal(first, second)
+    result = runner.invoke(app, ["sample", "outputs/teacher/teacher.safetensors", "--ddim", "--steps", "all"])
+    assert result.exit_code == 2 and "--steps: 'all' is not a step count" in result.stderr
+
     # A checkpoint of another schedule is refused in one line naming it, before anything is written.
     _write(workdir / "params.yaml", {**params, "teacher": {**params["teacher"], "latent": {
         **params["teacher"]["latent"], "linear_end": 0.5}}})
