@@ -223,6 +223,21 @@ def test_ci_variant_runs_through_dvc_repro(tmp_path):
     assert stages["reproduce"] == 1 and stages["distill"] == 2 and stages["train"] == 2
     assert scale == [("cpu",)]
 
+    # run-all on the same folder: it reruns only what is missing (one evaluation, the report) and commits to DVC,
+    # after which DVC finds nothing to do.
+    shutil.rmtree(target / "outputs" / "evaluation" / "dynamic-s1")
+    done = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-m", "dkdm", "reproduce", "run-all", "-j", "2",
+                           "--dir", str(target)], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "outputs committed to DVC" in done.stdout
+    ran = [line.split(" -m ", 1)[1].split(" --dir")[0] for line in
+           (target / "outputs" / "run-all.log").read_text().splitlines() if line.startswith("$ ")]
+    assert ran == ["dkdm reproduce evaluate-one --variant dynamic --seed 1", "dkdm reproduce report",
+                   "dvc commit --force --quiet dvc.yaml"]
+    status = subprocess.run([dvc, "status", "experiments/reproduce/dvc.yaml"], cwd=root, env=env,
+                            capture_output=True, text=True, check=True)
+    assert "up to date" in status.stdout, status.stdout
+
 
 def test_curve_survives_a_resume(tmp_path, monkeypatch):
     """A resumed student keeps the curve points it had before the resume step and redoes the later ones."""

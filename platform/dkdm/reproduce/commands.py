@@ -109,11 +109,13 @@ def use_cmd(name: Annotated[str, typer.Argument(help="variant of the definition:
 @app.command("run-all")
 @handles_errors
 def run_all_cmd(jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="processes at a time")] = 2,
-                directory: DirOpt = Path("."), params_file: ParamsOpt = "params.yaml") -> None:
-    """The whole grid outside DVC, JOBS processes at a time (skips finished runs); then the report.
-    Afterwards `dvc commit experiments/reproduce/dvc.yaml` records the outputs if the folder is the DVC one."""
+                directory: DirOpt = Path("."), params_file: ParamsOpt = "params.yaml",
+                dvc_commit: Annotated[bool, typer.Option(help="record the outputs in dvc.lock at the end")] = True,
+                ) -> None:
+    """The grid of dvc.yaml, JOBS processes at a time (skips finished runs), then the report; then `dvc commit`
+    records the outputs in dvc.lock when the folder is a DVC pipeline run on its params.yaml."""
     from dkdm.reproduce.params import read_params
     from dkdm.reproduce.parallel import run_all
 
     directory = directory.resolve()
-    run_all(read_params(directory, params_file), directory, params_file, jobs)
+    run_all(read_params(directory, params_file), directory, params_file, jobs, dvc_commit=dvc_commit)

@@ -1,6 +1,7 @@
 """`dkdm reproduce run-all --jobs N`: the same commands dvc.yaml runs, N at a time (dvc repro runs one stage at a
 time; these UNets are too small for torch to use a second core well, separate processes do). Finished runs
-(their metrics.json exists) are skipped, so an interrupted grid continues where it stopped."""
+(their metrics.json exists) are skipped, so an interrupted grid continues where it stopped. At the end the
+outputs are committed to DVC, so `dvc status` / `dvc repro` see exactly what `dvc repro` would have produced."""
 from __future__ import annotations
 
 import subprocess
@@ -19,11 +20,11 @@ def _command(directory: Path, params_file: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "dkdm", "reproduce", *args, "--dir", str(directory), "--params", params_file]
 
 
-def _run(cmd: list[str], log: Path) -> None:
+def _run(cmd: list[str], log: Path, cwd: Path | None = None) -> None:
     with log.open("a") as handle:
         handle.write(f"$ {' '.join(cmd)}\n")
         handle.flush()
-        done = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, check=False)
+        done = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, check=False, cwd=cwd)
     if done.returncode != 0:
         raise DkdmError(f"run-all: `{' '.join(cmd[3:])}` failed (exit {done.returncode}); see {log}")
 
@@ -41,7 +42,18 @@ def _create_tracking_store(params: ExperimentParams, directory: Path) -> None:
         experiment_id(_client(settings.tracking), settings.tracking.experiment)
 
 
-def run_all(params: ExperimentParams, directory: Path, params_file: str, jobs: int) -> float:
+def _dvc_commit(directory: Path, params_file: str, log: Path) -> bool:
+    """Record the grid's outputs in dvc.lock (and the cache) when the folder is a DVC pipeline of a DVC repo."""
+    if params_file != "params.yaml" or not (directory / "dvc.yaml").is_file():
+        return False  # dvc.yaml reads params.yaml: other params files are not what its stages declare
+    if not any((parent / ".dvc").is_dir() for parent in (directory, *directory.parents)):
+        return False
+    _run([sys.executable, "-m", "dvc", "commit", "--force", "--quiet", "dvc.yaml"], log, cwd=directory)
+    return True
+
+
+def run_all(params: ExperimentParams, directory: Path, params_file: str, jobs: int, *,
+            dvc_commit: bool = True) -> float:
     directory = directory.resolve()
     _create_tracking_store(params, directory)
     log = directory / "outputs" / "run-all.log"
@@ -75,8 +87,10 @@ def run_all(params: ExperimentParams, directory: Path, params_file: str, jobs: i
             future.result()
     _run(cmd("report"), log)
     seconds = time.monotonic() - started
+    committed = dvc_commit and _dvc_commit(directory, params_file, log)
     summary(f"run-all: grid of {len(params.experiment.variants)} variants x {len(params.experiment.seeds)} seeds "
-            f"done in {seconds / 60:.1f} min ({jobs} jobs) -> {directory / 'outputs' / 'report' / 'report.md'}")
+            f"done in {seconds / 60:.1f} min ({jobs} jobs) -> {directory / 'outputs' / 'report' / 'report.md'}"
+            + ("; outputs committed to DVC (dvc.lock)" if committed else ""))
     return seconds
 
 
