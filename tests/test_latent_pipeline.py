@@ -292,6 +292,8 @@ def test_latent_ci_profile_dvc_repro(latent_pipeline):
         # The first stage was loaded with a counter on its encoder: no image is encoded by DKDM nor by data-free
         # training (the decoder runs only in evaluation, the encoder never after the teacher stage).
         assert record["first_stage_encoder_calls"] == 0 and metrics["first_stage_encoder_calls"] == 0.0, run
+        # Periodic FD' (eval_every 6 of 12, select_metric fd_digits_teacher) chose one of the two EMA states.
+        assert record["best_step"] in (6, 12) and sidecar["provenance"]["best_step"] == record["best_step"], run
     assert metrics["sampling_steps"] == 10.0 and metrics["num_samples"] == 64.0
 
     shown = _run([dvc, "metrics", "show", "--json"], repo, 120)

@@ -5,6 +5,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -33,16 +34,30 @@ def make_fd_metric(
     noise. With teacher-sample statistics this is FD' (the paper's D'), to be named e.g.
     `fd_digits_teacher`; a few hundred samples rank checkpoints, they do not reproduce a 50k score.
     """
-    reference_stats.require_space(extractor.space)
     if n_samples < 2:
         raise ValueError(f"an FD needs at least 2 samples, got n_samples={n_samples}")
 
+    def generate(model: nn.Module) -> np.ndarray:
+        return generate_samples(model, diffusion, n_samples, batch_size=batch_size, seed=seed, device=device,
+                                use_ddim=use_ddim, progress=False, **shape)
+
+    return fd_metric(generate, extractor, reference_stats, metric_name=metric_name, batch_size=batch_size)
+
+
+def fd_metric(
+    generate: Callable[[nn.Module], np.ndarray],
+    extractor: FeatureExtractor,
+    reference_stats: ReferenceStats,
+    *,
+    metric_name: str,
+    batch_size: int,
+) -> Callable[[int, nn.Module], dict[str, float]]:
+    """`eval_fn(step, model) -> {metric_name: FD}` of the uint8 images `generate(model)` returns (any sampler,
+    pixel or decoded latent) against `reference_stats`."""
+    reference_stats.require_space(extractor.space)
+
     def eval_fn(step: int, model: nn.Module) -> dict[str, float]:
-        samples = generate_samples(
-            model, diffusion, n_samples, batch_size=batch_size, seed=seed, device=device,
-            use_ddim=use_ddim, progress=False, **shape,
-        )
-        features = extractor.extract(samples, batch_size=batch_size)
+        features = extractor.extract(generate(model), batch_size=batch_size)
         mu, sigma = feature_statistics(features.pool)
         return {metric_name: frechet_distance(mu, sigma, reference_stats.mu, reference_stats.sigma)}
 

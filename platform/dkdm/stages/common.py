@@ -140,6 +140,20 @@ def make_extractor(settings: Settings, device: Any):
     return InceptionFeatureExtractor(settings.features.inception_weights, device=device)
 
 
+def periodic_fd_teacher(ctx: Any, config: Any) -> tuple[Any, Any, str]:
+    """(extractor, the teacher's D' statistics, the FD' metric name) for a student's periodic evaluation: it is
+    scored against D', never against real data, so selecting on it keeps the student data-free."""
+    from training.eval.stats import load_reference_stats
+
+    extractor = make_extractor(ctx.settings, ctx.device)
+    stats = load_reference_stats(require(TEACHER_STATS_FILE, "dkdm reference"), expected_space=extractor.space)
+    name = extractor.metric_names.against_teacher(extractor.metric_names.fd)
+    if config.select_metric is not None and config.select_metric != name:
+        raise DkdmError(f"distill.train.select_metric: {config.select_metric!r} is not computed here; the "
+                        f"periodic metric is {name!r}")
+    return extractor, stats, name
+
+
 def md5_tags(stage_of_student: str | None) -> dict[str, str]:
     """dvc.lock hashes of the teacher (and of a student's stage) for the lineage tags."""
     from dkdm.lineage import locked_md5

@@ -9,17 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 from dkdm.console import Context, summary
-from dkdm.errors import DkdmError
 from dkdm.stages.common import (
     run_spec,
     CURVES_DIR,
     POOL_FILE,
     SYNTHETIC_FILE,
-    TEACHER_STATS_FILE,
     load_real_images,
     load_teacher,
     make_diffusion,
-    make_extractor,
+    periodic_fd_teacher,
     md5_tags,
     nhwc_to_model,
     require,
@@ -68,15 +66,9 @@ def early_stop_metric(ctx: Context, config: Any):
     if not config.eval_every:
         return None
     from training.eval.early_stop import make_fd_metric
-    from training.eval.stats import load_reference_stats
 
     settings = ctx.settings
-    extractor = make_extractor(settings, ctx.device)
-    stats = load_reference_stats(require(TEACHER_STATS_FILE, "dkdm reference"), expected_space=extractor.space)
-    name = extractor.metric_names.against_teacher(extractor.metric_names.fd)
-    if config.select_metric is not None and config.select_metric != name:
-        raise DkdmError(f"distill.train.select_metric: {config.select_metric!r} is not computed here; the "
-                        f"periodic metric is {name!r}")
+    extractor, stats, name = periodic_fd_teacher(ctx, config)
     channels, size = settings.data.channels, settings.data.image_size
     return make_fd_metric(extractor, stats, make_diffusion(settings, settings.evaluate.respacing),
                           n_samples=settings.distill.eval_samples, batch_size=settings.evaluate.batch_size,

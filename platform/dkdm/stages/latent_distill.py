@@ -22,6 +22,7 @@ from dkdm.stages.common import (
     keyed_work_dir,
     load_real_images,
     md5_tags,
+    periodic_fd_teacher,
     require,
     student_dir,
     student_file,
@@ -30,11 +31,13 @@ from dkdm.stages.common import (
 )
 from dkdm.stages.latent import (
     CallCounter,
+    decode_to_images,
     diffusion_config,
     first_stage_images,
     latent_shape,
     load_first_stage,
     load_latent_teacher,
+    sample_latents,
     scale_factor,
 )
 from dkdm.stages.latent_training import train_latent
@@ -102,6 +105,29 @@ def _inputs(ctx: Context, method: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return kwargs, identity
 
 
+def latent_fd_metric(ctx: Context, config: Any, diffusion: Any, first_stage: Any):
+    """FD' of the EMA student every eval_every steps: `distill.eval_samples` latents drawn with the evaluation's
+    sampler (same seed each time), decoded, against the teacher's D' statistics (never real data)."""
+    import torch
+
+    from training.eval.early_stop import fd_metric
+
+    settings = ctx.settings
+    ev = settings.evaluate
+    extractor, stats, name = periodic_fd_teacher(ctx, config)
+    n = settings.distill.eval_samples
+    shape = latent_shape(settings)
+
+    def generate(model: Any):
+        with torch.no_grad():
+            z = sample_latents(model, diffusion, n, shape=shape, steps=ev.respacing, use_ddim=ev.use_ddim,
+                               eta=ev.eta, batch_size=ev.batch_size, seed=ev.seed, device=ctx.device)
+            return decode_to_images(first_stage, diffusion, z, image_size=settings.data.image_size,
+                                    batch_size=ev.batch_size, device=ctx.device)
+
+    return fd_metric(generate, extractor, stats, metric_name=name, batch_size=settings.features.batch_size)
+
+
 def distill(ctx: Context, run_name: str, *, allowed: tuple[str, ...] | None) -> None:
     from training.distill.config import POOL_METHODS
     from training.distill.latent import latent_source_and_loss
@@ -110,10 +136,10 @@ def distill(ctx: Context, run_name: str, *, allowed: tuple[str, ...] | None) -> 
     spec = run_spec(settings, run_name, allowed)
     preset = settings.distill.student_for(run_name)
     config = settings.distill.config_for(run_name)
-    if config.eval_every:
-        raise DkdmError("distill.train.eval_every: periodic FD' is not offered in latent space yet; unset it")
     teacher, diffusion = load_latent_teacher(ctx.device)
     first_stage = load_first_stage(ctx.device)
+    # Built before the counters: the periodic FD' decodes samples, it never encodes.
+    eval_fn = latent_fd_metric(ctx, config, diffusion, first_stage) if config.eval_every else None
     encoder, decoder = CallCounter(first_stage.encoder), CallCounter(first_stage.decoder)
     kwargs, identity = _inputs(ctx, spec.method)
     source, loss_fn = latent_source_and_loss(config, teacher=teacher, diffusion=diffusion,
@@ -128,7 +154,7 @@ def distill(ctx: Context, run_name: str, *, allowed: tuple[str, ...] | None) -> 
             out_file=out_file, tracker=tracker, loss_csv=CURVES_DIR / f"{run_name}.csv",
             provenance={"source": f"dkdm {stage}", "profile": settings.profile, "run": run_name,
                         "method": spec.method, "teacher": settings.teacher.preset},
-            diffusion=diffusion_config(settings, scale_factor()), extra_key=identity,
+            diffusion=diffusion_config(settings, scale_factor()), extra_key=identity, eval_fn=eval_fn,
         )
         # Counted over the whole stage (sources built above included): the data-limited set is encoded once,
         # data-based training encodes every batch, everything else never touches the encoder.
@@ -148,7 +174,7 @@ def distill(ctx: Context, run_name: str, *, allowed: tuple[str, ...] | None) -> 
             )
         write_json(student_dir(run_name) / RUN_RECORD, {
             "run_id": tracker.run_id, "steps": result["steps"], "seconds": result["seconds"],
-            "train_seconds_per_100_iters": result["train_seconds_per_100_iters"], "best_step": None,
+            "train_seconds_per_100_iters": result["train_seconds_per_100_iters"], "best_step": result["best_step"],
             "stopped_early": result["stopped_early"], **{k: int(v) for k, v in counts.items()}})
     encoder.remove()
     decoder.remove()

@@ -21,14 +21,15 @@ from dkdm.stages.latent import (
     make_latent_diffusion,
     scale_factor,
 )
-from dkdm.stages.training import LossLog, run_key
+from dkdm.stages.training import LossLog, restore_best_ema, run_key
 from dkdm.tracking import start_run
 
 
 def train_latent(ctx: Context, *, name: str, preset: str, config: Any, source: Any, loss_fn: Any, out_file: Path,
                  tracker: Any, loss_csv: Path, provenance: Mapping[str, Any], diffusion: Mapping[str, Any],
-                 extra_key: Mapping[str, Any]) -> dict[str, Any]:
-    """Train `preset` on `source` with `loss_fn`, resumable from `.dkdm/work/<name>-<hash>/`; save EMA + raw."""
+                 extra_key: Mapping[str, Any], eval_fn: Any = None) -> dict[str, Any]:
+    """Train `preset` on `source` with `loss_fn`, resumable from `.dkdm/work/<name>-<hash>/`; save EMA + raw
+    (with early stopping, the best evaluation's EMA weights)."""
     import torch
 
     from training.models import create_model, get_preset, save_checkpoint
@@ -39,21 +40,23 @@ def train_latent(ctx: Context, *, name: str, preset: str, config: Any, source: A
     folder = work_dir(run_key(name, config, {"preset": preset, "diffusion": dict(diffusion), **extra_key}))
     log = LossLog(tracker, loss_csv)
     trainer = Trainer(model, config, source, loss_fn, device=ctx.device, out_dir=folder, tracker=log,
-                      run_meta={"name": name, "preset": preset, "space": "latent"})
+                      eval_fn=eval_fn, run_meta={"name": name, "preset": preset, "space": "latent"})
     resumed = trainer.resume_if_possible()
     start_step = trainer.step
     started = time.perf_counter()
     result = trainer.run()
     seconds = time.perf_counter() - started
+    best_step = restore_best_ema(trainer, folder)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out_file, trainer.model, model_config=get_preset(preset), diffusion_config=dict(diffusion),
-                    provenance={**provenance, "steps": result.step}, ema_model=trainer.ema.model)
+                    provenance={**provenance, "steps": result.step, "best_step": best_step},
+                    ema_model=trainer.ema.model)
     log.write()
     done = result.step - start_step
     clear_work_dir(folder)
     return {"steps": result.step, "resumed_from": start_step if resumed else None, "seconds": seconds,
             "train_seconds_per_100_iters": 100.0 * seconds / done if done else None,
-            "skipped_steps": result.skipped_steps, "stopped_early": result.stopped_early, "best_step": None,
+            "skipped_steps": result.skipped_steps, "stopped_early": result.stopped_early, "best_step": best_step,
             "final_loss": log.rows[-1]["loss"] if log.rows else None, "source_stats": result.source_stats}
 
 

@@ -51,6 +51,16 @@ def run_key(name: str, config: Any, extra: Mapping[str, Any]) -> str:
     return f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
+def restore_best_ema(trainer: Any, folder: Path) -> int | None:
+    """With early stopping (select_metric), load the best evaluation's EMA weights into the trainer's EMA model;
+    returns that step, or None when the run kept no best (its final EMA weights stand)."""
+    from training.train.trainer import BEST_FILE, load_best_weights
+
+    if not (folder / BEST_FILE).is_file():
+        return None
+    return load_best_weights(folder / BEST_FILE, trainer.ema.model, ema=True).get("step")
+
+
 def train_network(
     ctx: Context,
     *,
@@ -77,7 +87,6 @@ def train_network(
 
     from training.distill.run import build_run
     from training.models import create_model, get_preset, save_checkpoint
-    from training.train.trainer import BEST_FILE, load_best_weights
 
     device = ctx.device
     settings = ctx.settings
@@ -99,10 +108,7 @@ def train_network(
     result = trainer.run()
     seconds = time.perf_counter() - started
     ema_model = trainer.ema.model
-    best_step = None
-    if (folder / BEST_FILE).is_file():
-        meta = load_best_weights(folder / BEST_FILE, ema_model, ema=True)
-        best_step = meta.get("step")
+    best_step = restore_best_ema(trainer, folder)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out_file, trainer.model, model_config=get_preset(preset), diffusion_config=diffusion_dict(settings),
                     provenance={**provenance, "steps": result.step, "best_step": best_step}, ema_model=ema_model)
