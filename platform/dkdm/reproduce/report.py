@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +39,19 @@ def verdicts(results: Results, params: ExperimentParams) -> list[tuple[ClaimResu
 
 
 def _wall_seconds() -> tuple[float | None, float]:
-    """(span from the first output of the grid to now, summed student training seconds)."""
-    stamps = [p.stat().st_mtime for p in Path("outputs").glob("*/*") if p.is_file()]
+    """(span from the grid's first output to its last one, the report excluded, so that redrawing the report later
+    does not change it; summed student training seconds)."""
+    stamps = [p.stat().st_mtime for p in Path("outputs").rglob("*")
+              if p.is_file() and REPORT_DIR not in p.parents and p.suffix != ".log"]
     trained = sum(float(read_json(p).get("seconds") or 0.0) for p in STUDENTS_DIR.glob("*/run.json"))
-    start = min(stamps) if stamps else None
-    return (time.time() - start if start else None), trained
+    return (max(stamps) - min(stamps) if stamps else None), trained
+
+
+def _shown_path(path: Any) -> str:
+    """A path as the report shows it: relative to the repository when inside one (the report gets committed)."""
+    path = Path(path).resolve()
+    root = next((p for p in (path.parent, *path.parents) if (p / ".git").exists() or (p / ".dvc").is_dir()), None)
+    return str(path.relative_to(root)) if root is not None else str(path)
 
 
 def _fmt(value: float, digits: int = 3) -> str:
@@ -69,7 +76,7 @@ def markdown(ctx: Context, params: ExperimentParams, results: Results, decided: 
         f"Scores use the EMA weights, {results.num_samples} samples, {settings.evaluate.respacing or 'all'} "
         f"sampling steps; `{fd}` is against the real data, `{fdp}` against the teacher's samples (the paper's FID').",
         "",
-        f"Wall time: {_fmt((span or float('nan')) / 60, 3)} min from the first output to this report; student "
+        f"Wall time: {_fmt((span or float('nan')) / 60, 3)} min from the grid's first output to its last; student "
         f"training alone {trained / 60:.1f} min summed.",
         "",
     ]
@@ -116,9 +123,11 @@ def markdown(ctx: Context, params: ExperimentParams, results: Results, decided: 
         if path is not None:
             lines += [f"**{title}**", "", f"![{title}]({path.name})", ""]
     lines += ["## How this was produced", "",
-              f"From `{ctx.profile_file}` (base profile `{params.base_profile}`). The definition's one command is "
-              "`dvc repro experiments/reproduce/dvc.yaml`; `dkdm reproduce run-all -j N` runs the same commands N at a "
-              "time; `dkdm reproduce use NAME` switches to params-NAME.yaml (e.g. `cifar10` for paper scale).",
+              f"From `{_shown_path(ctx.profile_file)}` (base profile `{params.base_profile}`). "
+              "`dkdm reproduce run-all --dir experiments/reproduce -j N` runs the grid of "
+              "`experiments/reproduce/dvc.yaml` N processes at a time and commits its outputs to DVC; "
+              "`dvc repro experiments/reproduce/dvc.yaml` runs the same stages one at a time; "
+              "`dkdm reproduce use NAME` switches to params-NAME.yaml (e.g. `cifar10` for paper scale).",
               f"CPU-scale numbers are FD in a {settings.features.kind} feature space, not FID: only orderings and "
               "ratios are comparable with the paper."]
     return "\n".join(lines) + "\n"
