@@ -1,6 +1,7 @@
 """`dkdm reproduce run-all --jobs N`: the same commands dvc.yaml runs, N at a time (dvc repro runs one stage at a
 time; these UNets are too small for torch to use a second core well, separate processes do). Finished runs
-(their metrics.json exists) are skipped, so an interrupted grid continues where it stopped. At the end the
+(their metrics.json exists) are skipped, and a student trained for the current definition is only re-evaluated,
+so an interrupted grid continues where it stopped. At the end the
 outputs are committed to DVC, so `dvc status` / `dvc repro` see exactly what `dvc repro` would have produced."""
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from dkdm.console import summary
 from dkdm.errors import DkdmError
-from dkdm.reproduce.params import ExperimentParams, run_name
-from dkdm.reproduce.runs import EVALUATION_DIR, TEACHER_EVAL_DIR
+from dkdm.reproduce.params import ExperimentParams, distill_config, experiment_settings, run_name
+from dkdm.reproduce.runs import EVALUATION_DIR, STUDENTS_DIR, TEACHER_EVAL_DIR
+from dkdm.stages.common import read_json
 
 
 def _command(directory: Path, params_file: str, *args: str) -> list[str]:
@@ -32,7 +35,7 @@ def _run(cmd: list[str], log: Path, cwd: Path | None = None) -> None:
 def _create_tracking_store(params: ExperimentParams, directory: Path) -> None:
     """Create the MLflow store before processes share it: two commands creating a fresh SQLite store at once
     race in its schema migration ("duplicate column name")."""
-    from dkdm.reproduce.params import ensure_tracking_experiment, experiment_settings
+    from dkdm.reproduce.params import ensure_tracking_experiment
     from dkdm.tracking import _client, check_reachable, experiment_id
 
     settings = experiment_settings(params, directory)
@@ -76,13 +79,16 @@ def run_all(params: ExperimentParams, directory: Path, params_file: str, jobs: i
         if not (directory / TEACHER_EVAL_DIR / "metrics.json").is_file():
             futures.append(pool.submit(_run, cmd("teacher-eval"), log))
         exp = params.experiment
+        settings = experiment_settings(params, directory)
         # Variant-major order: a grid stopped early has every seed of its first variants (a verdict needs seeds
         # more than it needs variants), so list the variants of the main claims first.
         for variant in exp.variants:
             for seed in exp.seeds:
                 if (directory / EVALUATION_DIR / run_name(variant, seed) / "metrics.json").is_file():
                     continue
-                futures.append(pool.submit(_student, cmd, variant, seed, log))
+                train = not _trained(directory, distill_config(settings, exp.variant_specs[variant], seed),
+                                     variant, seed)
+                futures.append(pool.submit(_student, cmd, variant, seed, log, train))
         for future in futures:
             future.result()
     _run(cmd("report"), log)
@@ -94,6 +100,18 @@ def run_all(params: ExperimentParams, directory: Path, params_file: str, jobs: i
     return seconds
 
 
-def _student(cmd, variant: str, seed: int, log: Path) -> None:
-    _run(cmd("run-one", "--variant", variant, "--seed", str(seed)), log)
+def _trained(directory: Path, config: Any, variant: str, seed: int) -> bool:
+    """The student exists and was trained for the current definition (method, rho, budget): only its evaluation is
+    missing. Anything else is retrained (run-one resumes an interrupted run)."""
+    record_file = directory / STUDENTS_DIR / run_name(variant, seed) / "run.json"
+    if not (record_file.is_file() and record_file.with_name("student.safetensors").is_file()):
+        return False
+    record = read_json(record_file)
+    return (record.get("method"), record.get("rho"), record.get("iterations"), record.get("steps")) == (
+        config.method, config.rho, config.iterations, config.iterations)
+
+
+def _student(cmd, variant: str, seed: int, log: Path, train: bool = True) -> None:
+    if train:
+        _run(cmd("run-one", "--variant", variant, "--seed", str(seed)), log)
     _run(cmd("evaluate-one", "--variant", variant, "--seed", str(seed)), log)
