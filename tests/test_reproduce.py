@@ -128,6 +128,37 @@ def test_cli_rejects_unknown_variant(tmp_path, monkeypatch):
     assert "--variant: 'nope' is not in experiment.variant_specs" in result.output
 
 
+_EXCLUSIVE_GPU = """
+import os, sys, time
+marker = os.path.join(sys.argv[1], "gpu-" + os.environ["CUDA_VISIBLE_DEVICES"] + ".busy")
+fd = os.open(marker, os.O_CREAT | os.O_EXCL)  # fails if another command holds this GPU now
+time.sleep(0.3)
+os.close(fd)
+os.remove(marker)
+"""
+
+
+def test_run_all_slots_give_each_command_its_own_gpu(tmp_path):
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dkdm.reproduce.parallel import Slots
+
+    slots, log = Slots(4, ["3", "5"]), tmp_path / "run-all.log"
+    cmd = [sys.executable, "-c", _EXCLUSIVE_GPU, str(tmp_path)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for future in [pool.submit(slots.run, log, cmd, cmd) for _ in range(4)]:
+            future.result()  # a command that found its GPU busy exits 1, and run() raises
+    used = [line.split()[1] for line in log.read_text().splitlines() if line.startswith("$ ")]
+    assert len(used) == 8 and set(used) == {"CUDA_VISIBLE_DEVICES=3", "CUDA_VISIBLE_DEVICES=5"}
+
+
+@pytest.mark.parametrize("gpus", ["0,x", "1,1"])
+def test_run_all_rejects_bad_gpu_lists(tmp_path, gpus):
+    result = CliRunner().invoke(app, ["reproduce", "run-all", "--gpus", gpus, "--dir", str(tmp_path)])
+    assert result.exit_code == 2 and "--gpus:" in result.output and "distinct GPU ids" in result.output
+
+
 # --------------------------------------------------------------------------- aggregation and report
 
 

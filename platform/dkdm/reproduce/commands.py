@@ -111,11 +111,17 @@ def use_cmd(name: Annotated[str, typer.Argument(help="variant of the definition:
 def run_all_cmd(jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="processes at a time")] = 2,
                 directory: DirOpt = Path("."), params_file: ParamsOpt = "params.yaml",
                 dvc_commit: Annotated[bool, typer.Option(help="record the outputs in dvc.lock at the end")] = True,
+                gpus: Annotated[str, typer.Option(help="GPU ids, e.g. '0,1,2,3': one command per GPU at a time "
+                                                       "(sets --jobs)")] = "",
                 ) -> None:
     """The grid of dvc.yaml, JOBS processes at a time (skips finished runs), then the report; then `dvc commit`
     records the outputs in dvc.lock when the folder is a DVC pipeline run on its params.yaml."""
     from dkdm.reproduce.params import read_params
     from dkdm.reproduce.parallel import run_all
 
+    devices = [g.strip() for g in gpus.split(",") if g.strip()]
+    if any(not g.isdigit() for g in devices) or len(set(devices)) != len(devices):
+        raise DkdmError(f"--gpus: {gpus!r} is not a list of distinct GPU ids such as '0,1,2,3'")
     directory = directory.resolve()
-    run_all(read_params(directory, params_file), directory, params_file, jobs, dvc_commit=dvc_commit)
+    run_all(read_params(directory, params_file), directory, params_file, jobs, dvc_commit=dvc_commit,
+            gpus=devices or None)

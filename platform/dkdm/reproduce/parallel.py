@@ -5,6 +5,8 @@ so an interrupted grid continues where it stopped. At the end the
 outputs are committed to DVC, so `dvc status` / `dvc repro` see exactly what `dvc repro` would have produced."""
 from __future__ import annotations
 
+import os
+import queue
 import subprocess
 import sys
 import time
@@ -23,13 +25,34 @@ def _command(directory: Path, params_file: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "dkdm", "reproduce", *args, "--dir", str(directory), "--params", params_file]
 
 
-def _run(cmd: list[str], log: Path, cwd: Path | None = None) -> None:
+def _run(cmd: list[str], log: Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
     with log.open("a") as handle:
-        handle.write(f"$ {' '.join(cmd)}\n")
+        prefix = "".join(f"{k}={v} " for k, v in (env or {}).items())
+        handle.write(f"$ {prefix}{' '.join(cmd)}\n")
         handle.flush()
-        done = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, check=False, cwd=cwd)
+        done = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, check=False, cwd=cwd,
+                              env={**os.environ, **env} if env else None)
     if done.returncode != 0:
         raise DkdmError(f"run-all: `{' '.join(cmd[3:])}` failed (exit {done.returncode}); see {log}")
+
+
+class Slots:
+    """One slot per job; with GPUs, each slot is one device (CUDA_VISIBLE_DEVICES), so concurrent commands never
+    share a GPU and every command sees its device as cuda:0."""
+
+    def __init__(self, jobs: int, gpus: list[str] | None) -> None:
+        self._free: queue.Queue[dict[str, str]] = queue.Queue()
+        for overlay in ([{"CUDA_VISIBLE_DEVICES": g} for g in gpus] if gpus else [{} for _ in range(jobs)]):
+            self._free.put(overlay)
+
+    def run(self, log: Path, *cmds: list[str]) -> None:
+        """Run `cmds` one after the other on one slot."""
+        overlay = self._free.get()
+        try:
+            for cmd in cmds:
+                _run(cmd, log, env=overlay)
+        finally:
+            self._free.put(overlay)
 
 
 def _create_tracking_store(params: ExperimentParams, directory: Path) -> None:
@@ -56,8 +79,12 @@ def _dvc_commit(directory: Path, params_file: str, log: Path) -> bool:
 
 
 def run_all(params: ExperimentParams, directory: Path, params_file: str, jobs: int, *,
-            dvc_commit: bool = True) -> float:
+            dvc_commit: bool = True, gpus: list[str] | None = None) -> float:
+    """The grid, `jobs` commands at a time (with `gpus`, one command per listed GPU)."""
     directory = directory.resolve()
+    if gpus:
+        jobs = len(gpus)
+    slots = Slots(jobs, gpus)
     _create_tracking_store(params, directory)
     log = directory / "outputs" / "run-all.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -66,18 +93,18 @@ def run_all(params: ExperimentParams, directory: Path, params_file: str, jobs: i
     shared = directory / "outputs"
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         if not (shared / "data" / "dataset.npz").is_file():
-            _run(cmd("stage", "data"), log)
+            slots.run(log, cmd("stage", "data"))
         # The teacher and the feature classifier are independent; the reference needs both.
-        waits = [pool.submit(_run, cmd("stage", name), log) for name, marker in
+        waits = [pool.submit(slots.run, log, cmd("stage", name)) for name, marker in
                  (("teacher", "teacher/teacher.safetensors"), ("features", "features/real_stats.safetensors"))
                  if not (shared / marker).is_file()]
         for future in waits:
             future.result()
         if not (shared / "reference" / "teacher_stats.safetensors").is_file():
-            _run(cmd("stage", "reference"), log)
+            slots.run(log, cmd("stage", "reference"))
         futures = []
         if not (directory / TEACHER_EVAL_DIR / "metrics.json").is_file():
-            futures.append(pool.submit(_run, cmd("teacher-eval"), log))
+            futures.append(pool.submit(slots.run, log, cmd("teacher-eval")))
         exp = params.experiment
         settings = experiment_settings(params, directory)
         # Variant-major order: a grid stopped early has every seed of its first variants (a verdict needs seeds
@@ -86,9 +113,11 @@ def run_all(params: ExperimentParams, directory: Path, params_file: str, jobs: i
             for seed in exp.seeds:
                 if (directory / EVALUATION_DIR / run_name(variant, seed) / "metrics.json").is_file():
                     continue
-                train = not _trained(directory, distill_config(settings, exp.variant_specs[variant], seed),
-                                     variant, seed)
-                futures.append(pool.submit(_student, cmd, variant, seed, log, train))
+                which = ("--variant", variant, "--seed", str(seed))
+                steps = [cmd("evaluate-one", *which)]
+                if not _trained(directory, distill_config(settings, exp.variant_specs[variant], seed), variant, seed):
+                    steps.insert(0, cmd("run-one", *which))
+                futures.append(pool.submit(slots.run, log, *steps))
         for future in futures:
             future.result()
     _run(cmd("report"), log)
@@ -109,9 +138,3 @@ def _trained(directory: Path, config: Any, variant: str, seed: int) -> bool:
     record = read_json(record_file)
     return (record.get("method"), record.get("rho"), record.get("iterations"), record.get("steps")) == (
         config.method, config.rho, config.iterations, config.iterations)
-
-
-def _student(cmd, variant: str, seed: int, log: Path, train: bool = True) -> None:
-    if train:
-        _run(cmd("run-one", "--variant", variant, "--seed", str(seed)), log)
-    _run(cmd("evaluate-one", "--variant", variant, "--seed", str(seed)), log)
