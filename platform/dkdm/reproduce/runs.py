@@ -27,6 +27,7 @@ from dkdm.stages.common import (
     read_json,
     require,
     teacher_fingerprint,
+    write_csv,
     write_json,
 )
 from dkdm.tracking import start_run
@@ -130,7 +131,8 @@ class CurveRecorder:
         self.rows: list[dict[str, float]] = []
         if path.is_file():
             with path.open(newline="") as handle:
-                self.rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+                self.rows = [{k: int(float(v)) if k == "step" else float(v) for k, v in row.items()}
+                             for row in csv.DictReader(handle)]
         self.extractor, self.real, self.teacher = _scorer(ctx)
         self.diffusion = make_diffusion(ctx.settings, _eval_respacing(ctx))
         self.names = self.extractor.metric_names
@@ -150,14 +152,7 @@ class CurveRecorder:
         return {self.names.fd: fd, self.names.against_teacher(self.names.fd): fd_teacher}
 
     def write(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with tmp.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=CURVE_COLUMNS)
-            writer.writeheader()
-            writer.writerows({k: f"{v:.6g}" if k != "step" else int(v) for k, v in row.items()} for row in self.rows)
-        tmp.replace(self.path)
-        return self.path
+        return write_csv(self.path, CURVE_COLUMNS, self.rows)
 
 
 def _head(features: Any, n: int) -> Any:

@@ -5,6 +5,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from dkdm.errors import DkdmError
@@ -67,6 +68,23 @@ def work_dir(name: str) -> Path:
 def require(path: Path, made_by: str) -> Path:
     if not path.exists():
         raise DkdmError(f"{path} does not exist; run `{made_by}` first (or `dvc repro`)")
+    return path
+
+
+def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Atomic CSV write of `rows` (floats as 6 significant digits, so a float step prints as 500)."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns))
+    writer.writeheader()
+    writer.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", newline="") as handle:
+        handle.write(buffer.getvalue())
+    os.replace(tmp, path)
     return path
 
 

@@ -1,7 +1,6 @@
 """Training shared by the teacher and student stages: build the run, resume, train, write the checkpoint."""
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import time
@@ -9,7 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from dkdm.console import Context
-from dkdm.stages.common import clear_work_dir, diffusion_dict, image_shape, make_diffusion, work_dir
+from dkdm.stages.common import clear_work_dir, diffusion_dict, image_shape, make_diffusion, work_dir, write_csv
 
 LOSS_COLUMNS = ("step", "loss", "mse", "vb")
 
@@ -34,15 +33,7 @@ class LossLog:
         self.inner.log_artifact(path)
 
     def write(self) -> Path:
-        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.csv_path.with_name(f".{self.csv_path.name}.tmp")
-        with tmp.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=LOSS_COLUMNS)
-            writer.writeheader()
-            for row in self.rows:
-                writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        tmp.replace(self.csv_path)
-        return self.csv_path
+        return write_csv(self.csv_path, LOSS_COLUMNS, self.rows)
 
 
 def run_key(name: str, config: Any, extra: Mapping[str, Any]) -> str:
