@@ -157,6 +157,16 @@ def test_sqlite_run_has_contract_tags_params_artifacts_and_registry(project):
     assert len(versions) == 1 and versions[0].run_id == run_id and versions[0].source.endswith("/student")
 
 
+def test_run_shorter_than_the_sampling_interval_still_has_system_metrics(project):
+    from mlflow import MlflowClient
+
+    with start_run(_settings(system_metrics=True, system_metrics_interval_s=30.0), stage="evaluate",
+                   run_name="short") as tracker:
+        run_id = tracker.run_id
+    metrics = MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_run(run_id).data.metrics
+    assert any(k.startswith("system/cpu") for k in metrics), sorted(metrics)
+
+
 def test_failed_body_marks_the_run_failed(project):
     from mlflow import MlflowClient
 

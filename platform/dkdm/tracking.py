@@ -325,8 +325,7 @@ def start_run(settings: Settings, *, stage: str, run_name: str, method: str | No
         status = "FINISHED"
     finally:
         if monitor is not None:
-            with contextlib.suppress(Exception):
-                monitor.finish()
+            _stop_system_monitor(monitor)
         tracker.close(status)
 
 
@@ -342,6 +341,16 @@ def _system_monitor(run_id: str, tracking: TrackingSettings):
     except Exception as err:  # noqa: BLE001 - psutil missing or an old MLflow: tracking goes on without it
         log.warning("tracking: system metrics unavailable (%s)", err)
         return None
+
+
+def _stop_system_monitor(monitor: Any) -> None:
+    """Stop the sampler, then publish the samples of its last, unfinished interval: MLflow's loop drops them when it
+    stops, so a run shorter than one interval would otherwise have no system metrics at all."""
+    with contextlib.suppress(Exception):
+        monitor.finish()
+        monitor.collect_metrics()
+        monitor.publish_metrics(monitor.aggregate_metrics())
+        monitor.mlflow_logger.flush()
 
 
 def student_model_name(profile: str, method: str) -> str:

@@ -1,8 +1,8 @@
 """`dkdm reproduce run-all --jobs N`: the same commands dvc.yaml runs, N at a time (dvc repro runs one stage at a
 time; these UNets are too small for torch to use a second core well, separate processes do). Finished runs
 (their metrics.json exists) are skipped, and a student trained for the current definition is only re-evaluated,
-so an interrupted grid continues where it stopped. At the end the
-outputs are committed to DVC, so `dvc status` / `dvc repro` see exactly what `dvc repro` would have produced."""
+so an interrupted grid continues where it stopped. At the end the outputs are committed to DVC, so `dvc status` and
+`dvc repro` see what `dvc repro` would have produced (a definition edited mid-run is recorded as it is at the end)."""
 from __future__ import annotations
 
 import os
