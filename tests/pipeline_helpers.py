@@ -20,14 +20,18 @@ def copy_tree(dst: Path) -> None:
         return skipped
 
     shutil.copytree(REPO, dst, ignore=ignore, symlinks=True)
-    # Stage commands call .venv/bin/python (docs/CONTRACTS.md): reuse the interpreter running the tests.
-    (dst / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
+
+
+def active_env(cwd: Path) -> dict[str, str]:
+    """The environment of a user who activated this interpreter's venv: stages call `dkdm` from PATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DKDM_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = f"{cwd}{os.pathsep}{cwd / 'platform'}"  # the copy's own code, not the checkout's
+    return env
 
 
 def run(cmd: list[str], cwd: Path, timeout: int) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DKDM_") or k == "DKDM_SHARED"}
-    env["PYTHONPATH"] = f"{cwd}{os.pathsep}{cwd / 'platform'}"  # the copy's own code, not the checkout's
-    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(cmd, cwd=cwd, env=active_env(cwd), capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
     return out
 
@@ -39,6 +43,6 @@ def repro_profile(repo: Path, profile: str, timeout: int = 840) -> tuple[Path, s
     run(["git", "init", "-q"], repo, 60)
     run(git + ["add", "-A"], repo, 60)
     run(git + ["commit", "-qm", f"e2e {profile}"], repo, 60)
-    run([str(repo / ".venv" / "bin" / "python"), "-m", "dkdm", "profile", "use", profile], repo, 120)
-    dvc = str(Path(sys.prefix) / "bin" / "dvc")
+    run([sys.executable, "-m", "dkdm", "profile", "use", profile], repo, 120)
+    dvc = str(Path(sys.executable).parent / "dvc")
     return repo, dvc, run([dvc, "repro"], repo, timeout)

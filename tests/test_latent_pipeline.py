@@ -26,7 +26,7 @@ LATENT_PROFILES = ("latent", "latent-ci", "celebahq256-latent", "ffhq256-latent"
 def workdir(tmp_path, monkeypatch):
     """An empty project folder, no DKDM_* from the caller, tracking off (these tests check files, not MLflow)."""
     for key in list(os.environ):
-        if key.startswith("DKDM_") and key != "DKDM_SHARED":
+        if key.startswith("DKDM_"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("DKDM_TRACKING__ENABLED", "false")
     monkeypatch.chdir(tmp_path)

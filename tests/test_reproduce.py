@@ -8,6 +8,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -227,11 +228,12 @@ def test_ci_variant_runs_through_dvc_repro(tmp_path):
     target.mkdir(parents=True)
     shutil.copy(EXPERIMENT / "dvc.yaml", target / "dvc.yaml")
     shutil.copy(EXPERIMENT / "params-ci.yaml", target / "params.yaml")
-    # dvc.yaml calls ../../.venv/bin/python and params name ../../platform/dkdm/configs/ci.yaml, as in the repo.
-    (root / ".venv").symlink_to(REPO / ".venv")
+    # dvc.yaml calls `dkdm` from PATH (the active venv) and params name ../../platform/dkdm/configs/ci.yaml.
     (root / "platform").symlink_to(REPO / "platform")
-    env = {**os.environ, "DKDM_TRACKING__URI": f"sqlite:///{root / 'mlflow.db'}"}
-    dvc = str(REPO / ".venv" / "bin" / "dvc")
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "DKDM_TRACKING__URI": f"sqlite:///{root / 'mlflow.db'}",
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    dvc = str(bin_dir / "dvc")
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     subprocess.run([dvc, "init", "-q"], cwd=root, check=True, env=env)
     done = subprocess.run([dvc, "repro", "experiments/reproduce/dvc.yaml"], cwd=root, env=env,
@@ -258,7 +260,7 @@ def test_ci_variant_runs_through_dvc_repro(tmp_path):
     # run-all on the same folder: it reruns only what is missing (one evaluation, the report) and commits to DVC,
     # after which DVC finds nothing to do.
     shutil.rmtree(target / "outputs" / "evaluation" / "dynamic-s1")
-    done = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-m", "dkdm", "reproduce", "run-all", "-j", "2",
+    done = subprocess.run([sys.executable, "-m", "dkdm", "reproduce", "run-all", "-j", "2",
                            "--dir", str(target)], cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "outputs committed to DVC" in done.stdout

@@ -22,7 +22,7 @@ PACKAGED = sorted(p.stem for p in profiles.packaged_dir().glob("*.yaml"))
 def workdir(tmp_path, monkeypatch):
     """An empty project folder holding the default profile as params.yaml, and no DKDM_* from the caller."""
     for key in list(os.environ):
-        if key.startswith("DKDM_") and key != "DKDM_SHARED":
+        if key.startswith("DKDM_"):
             monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text((profiles.packaged_dir() / "default.yaml").read_text())

@@ -114,7 +114,7 @@ def test_logging_never_waits_for_a_slow_store():
 @pytest.fixture()
 def project(tmp_path, monkeypatch):
     for key in list(os.environ):
-        if key.startswith("DKDM_") and key != "DKDM_SHARED":
+        if key.startswith("DKDM_"):
             monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text((profiles.packaged_dir() / "ci.yaml").read_text())
