@@ -17,8 +17,9 @@ from typer.testing import CliRunner
 from dkdm.cli import app
 from dkdm.errors import DkdmError
 from dkdm.reproduce.claims import Claim, decide, paper_claims
-from dkdm.reproduce.params import ExperimentParams, read_params
+from dkdm.reproduce.params import read_params
 from dkdm.reproduce.stats import compare, t_interval, welch_p
+from reproduce_helpers import synthetic_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = REPO / "experiments" / "reproduce"
@@ -163,38 +164,12 @@ def test_run_all_rejects_bad_gpu_lists(tmp_path, gpus):
 # --------------------------------------------------------------------------- aggregation and report
 
 
-def _synthetic_grid(root: Path, params: ExperimentParams) -> None:
-    """Scores built so that: dynamic < data_free clearly; shuffled/iterative missing; rho sweep improving."""
-    means = {"dynamic": (3.0, 1.0), "data_free": (6.0, 4.0), "data_based": (2.0, 0.8), "rho_0p1": (4.0, 2.0)}
-    for variant, (fd, fdp) in means.items():
-        for k, seed in enumerate(params.experiment.seeds):
-            folder = root / "outputs" / "evaluation" / f"{variant}-s{seed}"
-            folder.mkdir(parents=True)
-            jitter = 0.01 * (k - 0.5)
-            (folder / "metrics.json").write_text(json.dumps({"fd_digits": fd + jitter, "fd_digits_teacher": fdp + jitter,
-                                                             "train_seconds_per_100_iters": 1.0}))
-            curve = root / "outputs" / "students" / f"{variant}-s{seed}" / "curve.csv"
-            curve.parent.mkdir(parents=True)
-            curve.write_text(f"step,fd,fd_teacher\n4,{fd * 2},{fdp * 3}\n8,{fd},{fdp}\n")
-    teacher = root / "outputs" / "teacher_eval" / "metrics.json"
-    teacher.parent.mkdir(parents=True)
-    teacher.write_text(json.dumps({
-        "num_samples": 48, "sampling_steps": 5, "metric_fd": "fd_digits", "metric_fd_teacher": "fd_digits_teacher",
-        "metric_noise_floor": "fd_digits_noise_floor",
-        "seeds": [{"seed": s, "fd_digits": 2.5, "fd_digits_teacher": 0.5, "fd_digits_noise_floor": 0.3}
-                  for s in params.experiment.seeds]}))
-
-
 def test_report_on_synthetic_grid(tmp_path, monkeypatch):
     from dkdm.console import Context
     from dkdm.reproduce.params import experiment_settings
     from dkdm.reproduce.report import write_report
 
-    text = (EXPERIMENT / "params-ci.yaml").read_text().replace("../../platform/dkdm/configs/ci.yaml", "ci")
-    text = text.replace("variants: [dynamic, data_free]", "variants: [dynamic, data_free, data_based, rho_0p1]")
-    (tmp_path / "params.yaml").write_text(text)
-    params = read_params(tmp_path)
-    _synthetic_grid(tmp_path, params)
+    params = synthetic_experiment(tmp_path)
     settings = experiment_settings(params, tmp_path, tracking={"enabled": False})
     monkeypatch.chdir(tmp_path)
     data = write_report(Context(settings=settings, profile_file=tmp_path / "params.yaml"), params)

@@ -273,7 +273,8 @@ def profile_show(profile: Annotated[Optional[str], typer.Argument(help="name or 
     import yaml
 
     ctx = context(profile)
-    typer.echo(yaml.safe_dump(ctx.settings.for_log(), sort_keys=False).rstrip())
+    # A non-ASCII or long value is printed as written: no \x escapes, no folding at 80 columns.
+    typer.echo(yaml.safe_dump(ctx.settings.for_log(), sort_keys=False, allow_unicode=True, width=2**16).rstrip())
 
 
 @profile_app.command("use")

@@ -1,4 +1,9 @@
-"""What every command shares: the loaded settings, the device, rich progress bars and the one-line summary."""
+"""What every command shares: the loaded settings, the device, rich progress bars, tables and the one-line summary.
+
+Everything printed through rich goes through this module, with markup and emoji codes off: paths, study and run
+names are printed as given (a storage path such as `/data/[/x]/opt.journal` or a `:memo:` in a name is text, not a
+tag). Style comes from `style=` arguments, never from markup inside the printed string.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -11,12 +16,17 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
 
 from dkdm.errors import DkdmError
 from dkdm.settings import Settings
 
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-out_console = Console(highlight=False, soft_wrap=True)
+# Verbatim text: no markup, no emoji codes, no highlighting of numbers or paths.
+PLAIN: dict[str, Any] = {"markup": False, "emoji": False, "highlight": False}
+err_console = Console(stderr=True, soft_wrap=True, **PLAIN)
+out_console = Console(soft_wrap=True, **PLAIN)
+# Piped or captured output has no width: wide enough that no column of a table is cut.
+PIPED_WIDTH = 160
 
 
 @dataclass
@@ -60,7 +70,7 @@ def progress_bar(description: str, total: int | None, *, enabled: bool = True) -
     if not enabled:
         yield lambda n=1: None
         return
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    columns = (TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True) as progress:
         task = progress.add_task(description, total=total)
@@ -70,3 +80,17 @@ def progress_bar(description: str, total: int | None, *, enabled: bool = True) -
 def summary(line: str) -> None:
     """The final one-line summary of a command, on stdout."""
     out_console.print(line)
+
+
+def print_table(table: Table) -> None:
+    """A table on stdout: on a terminal at its width, piped or captured at PIPED_WIDTH. Its caption follows as one
+    unwrapped line (not wrapped to the table's width), so a long storage path in it stays one copyable string."""
+    console = out_console if out_console.is_terminal else Console(width=PIPED_WIDTH, **PLAIN)
+    caption = table.caption
+    table.caption = None
+    try:
+        console.print(table)
+    finally:
+        table.caption = caption
+    if caption:
+        console.print(caption, soft_wrap=True)

@@ -64,16 +64,6 @@ def best_trials_table(storage_spec: str, name: str, tune: TuneSettings, top: int
     return table
 
 
-def _print(table: Any) -> None:
-    """On a terminal at its width; piped or captured, wide enough that no column is cut."""
-    from rich.console import Console
-
-    from dkdm.console import out_console
-
-    console = out_console if out_console.is_terminal else Console(width=160, highlight=False)
-    console.print(table)
-
-
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
@@ -121,7 +111,7 @@ def _tune_main(*, study: str | None, n_trials: int | None, storage: str | None, 
                timeout: float | None, total_trials: int | None, worker_index: int, teacher: Path | None,
                teacher_stats: Path | None, classifier: Path | None, show: str | None, top: int) -> None:
     from dkdm.cli import context
-    from dkdm.console import summary
+    from dkdm.console import print_table, summary
     from dkdm.tuning_inputs import InputPaths
     from training.train.distributed import init_distributed, shutdown_distributed
 
@@ -129,7 +119,7 @@ def _tune_main(*, study: str | None, n_trials: int | None, storage: str | None, 
     tune = tune_settings(ctx.settings, storage=storage, pruner=pruner, method_choice=method_choice,
                          iterations=iterations, eval_every=eval_every)
     if show is not None:
-        _print(best_trials_table(tune.storage, show, tune, top=top))
+        print_table(best_trials_table(tune.storage, show, tune, top=top))
         return
     if study is None:
         raise DkdmError("--study: give the study name (or --show NAME to print one)")
@@ -146,7 +136,7 @@ def _tune_main(*, study: str | None, n_trials: int | None, storage: str | None, 
         shutdown_distributed(dist)
     if result is None:
         return
-    _print(best_trials_table(tune.storage, study, tune, top=min(top, 5)))
+    print_table(best_trials_table(tune.storage, study, tune, top=min(top, 5)))
     states = ", ".join(f"{v} {k.lower()}" for k, v in sorted(result.states.items()))
     best = (f"best trial {result.best_number}: {result.metric}={result.best_value:.4g} {result.best_params}"
             if result.best_number is not None else "no complete trial yet")

@@ -164,7 +164,9 @@ def write_report(ctx: Context, params: ExperimentParams) -> dict[str, Any]:
     counts = {}
     for main, _ in decided:
         counts[main.verdict] = counts.get(main.verdict, 0) + 1
-    summary(f"reproduce report: {', '.join(f'{n} {v}' for v, n in counts.items())} -> {REPORT_DIR / 'report.md'}")
+    # Absolute: the command works inside --dir, so a relative path would not name the file for the caller.
+    summary(f"reproduce report: {', '.join(f'{n} {v}' for v, n in counts.items())} -> "
+            f"{(REPORT_DIR / 'report.md').resolve()}")
     return summary_data
 
 
