@@ -191,6 +191,63 @@ def test_report_on_synthetic_grid(tmp_path, monkeypatch):
     assert rows[0] == "variant,method,rho,seed,fd_digits,fd_digits_teacher" and len(rows) == 1 + 8
 
 
+def test_redraw_rebuilds_the_score_figures_from_a_committed_report(tmp_path, monkeypatch):
+    from dkdm.console import Context
+    from dkdm.reproduce.aggregate import collect, published_results
+    from dkdm.reproduce.params import experiment_settings
+    from dkdm.reproduce.report import write_report
+
+    params = synthetic_experiment(tmp_path)
+    settings = experiment_settings(params, tmp_path, tracking={"enabled": False})
+    monkeypatch.chdir(tmp_path)
+    write_report(Context(settings=settings, profile_file=tmp_path / "params.yaml"), params)
+    report = tmp_path / "outputs" / "report"
+    collected = collect(params, tmp_path, settings.distill.rho)
+    published = published_results(report, params, collected.num_samples)
+    assert list(published.variants) == list(collected.variants)
+    for name, want in collected.variants.items():
+        got = published.variants[name]
+        assert (got.label, got.method, got.rho, got.seeds) == (want.label, want.method, want.rho, want.seeds)
+        # results.csv keeps 6 significant digits
+        assert got.fd == pytest.approx(want.fd, rel=1e-5) and got.fd_teacher == pytest.approx(want.fd_teacher, rel=1e-5)
+    for key, values in collected.teacher.items():
+        assert published.teacher[key] == [pytest.approx(sum(values) / len(values))]
+
+    shutil.rmtree(tmp_path / "outputs" / "evaluation")  # a committed report has no outputs/ beside it
+    (report / "scores.png").unlink()
+    result = CliRunner().invoke(app, ["reproduce", "redraw", str(report), "--dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (report / "scores.png").read_bytes()[:4] == b"\x89PNG" and "scores.png" in result.stdout
+    missing = CliRunner().invoke(app, ["reproduce", "redraw", str(tmp_path), "--dir", str(tmp_path)])
+    assert missing.exit_code == 2 and "results.csv does not exist" in missing.stderr
+
+
+def test_scores_figure_uses_a_log_axis_one_set_of_labels_and_a_legend_outside(tmp_path, monkeypatch):
+    from dkdm.reproduce import plots
+    from dkdm.reproduce.aggregate import collect
+
+    params = synthetic_experiment(tmp_path)
+    results = collect(params, tmp_path, 0.4)
+    results.variants["data_free"].fd = [35.0, 50.0, 70.0]  # the outlier of the committed CPU run
+    drawn = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (drawn.append(fig), save(fig, path))[1])
+    plots.scores(results, tmp_path / "scores.png", list(results.variants), 0.95)
+
+    fig = drawn[0]
+    fig.canvas.draw()
+    left, right = fig.axes[0], fig.axes[1]
+    assert left.get_xscale() == right.get_xscale() == "log"
+    assert left.get_xlim()[1] > 70 and left.get_xlim()[0] < 2.0  # the outlier and the best both inside
+    labels = [t.get_text() for t in left.get_yticklabels()]
+    assert labels == [results.variants[v].label for v in results.variants]
+    assert not any(t.get_visible() for t in right.get_yticklabels())  # one shared set of labels
+    legend = fig.legends[0].get_window_extent()
+    for ax in (left, right):
+        assert legend.y1 <= ax.get_window_extent().y0  # below the panels: no data under it
+    assert not left.get_legend() and not right.get_legend()
+
+
 # --------------------------------------------------------------------------- end to end (slow)
 
 

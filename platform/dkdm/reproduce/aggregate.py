@@ -100,3 +100,34 @@ def collect(params: ExperimentParams, root: Path, default_rho: float) -> Results
                 result.curves[seed] = _read_curve(curve)
         variants[variant] = result
     return Results(*names, int(teacher["num_samples"]), teacher_values, variants, missing)
+
+
+def published_results(folder: Path, params: ExperimentParams, num_samples: int) -> Results:
+    """A committed report folder as Results: per-seed scores from its results.csv, the teacher's and the noise
+    floor's means from its summary.json (a one-value list each; the figures draw only the mean). Lets a report's
+    score figures be redrawn without the grid's outputs/; the curves are not committed, so neither is their figure."""
+    table, summary = folder / "results.csv", folder / "summary.json"
+    for path in (table, summary):
+        if not path.is_file():
+            raise DkdmError(f"{path} does not exist; give a folder written by `dkdm reproduce report`")
+    with table.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        rows = list(reader)
+    if columns[:4] != ["variant", "method", "rho", "seed"] or len(columns) != 6:
+        raise DkdmError(f"{table}: expected columns variant,method,rho,seed,<fd>,<fd_teacher>, got {','.join(columns)}")
+    fd, fd_teacher = columns[4:]
+    teacher = json.loads(summary.read_text()).get("teacher", {})
+    floor = next((k for k in teacher if k.endswith("_noise_floor")), f"{fd}_noise_floor")
+    variants: dict[str, VariantResult] = {}
+    for row in rows:
+        name = row["variant"]
+        if name not in params.experiment.variant_specs:
+            raise DkdmError(f"{table}: variant {name!r} is not in the experiment's variant_specs")
+        result = variants.setdefault(name, VariantResult(name, params.experiment.label(name), row["method"],
+                                                         float(row["rho"]) if row["rho"] else None))
+        result.seeds.append(int(row["seed"]))
+        result.fd.append(float(row[fd]))
+        result.fd_teacher.append(float(row[fd_teacher]))
+    teacher_values = {k: [float(teacher[k])] for k in (fd, fd_teacher, floor) if teacher.get(k) is not None}
+    return Results(fd, fd_teacher, floor, num_samples, teacher_values, variants, [])

@@ -88,6 +88,22 @@ def report_cmd(directory: DirOpt = Path("."), params_file: ParamsOpt = "params.y
     write_report(ctx, params)
 
 
+@app.command("redraw")
+@handles_errors
+def redraw_cmd(results: Annotated[Path, typer.Argument(help="a report folder with results.csv and summary.json")],
+               directory: DirOpt = Path("."), params_file: ParamsOpt = "params.yaml") -> None:
+    """Redraw a report's score figures (scores.png, rho_sweep.png) in place from its results.csv and summary.json,
+    without the grid's outputs/: e.g. a committed report in results/, after a change to the figures."""
+    from dkdm.console import summary
+    from dkdm.reproduce.params import experiment_settings, read_params
+    from dkdm.reproduce.report import redraw_figures
+
+    params = read_params(directory, params_file)
+    settings = experiment_settings(params, directory.resolve())
+    drawn = redraw_figures(results, params, settings.evaluate.num_samples)
+    summary(f"reproduce redraw: {', '.join(str(path) for path in drawn)}")
+
+
 @app.command("use")
 @handles_errors
 def use_cmd(name: Annotated[str, typer.Argument(help="variant of the definition: params-NAME.yaml (e.g. cifar10, ci)")],

@@ -66,25 +66,55 @@ def curves(results: Results, path: Path, variants: list[str]) -> Path | None:
 
 
 def scores(results: Results, path: Path, variants: list[str], confidence: float) -> Path:
-    """Final FD and FD' per variant: mean with its t-interval, the individual seeds as dots."""
+    """Final FD and FD' per variant: mean with its t-interval, the individual seeds as dots.
+
+    The x axis is logarithmic: the scores span two decades (plain iterative distillation can end near 50 where the
+    others sit at 2-6), and on a linear axis one outlier squeezes every other method into the first tenth. An
+    interval reaching below the axis (at or below 0 with few seeds) is cut at the edge and marked with a '<'.
+    Both panels share one set of variant labels; the legend sits below them, outside the data."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.5 * len(variants) + 2))
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(variants) + 2.2), sharey=True)
+    any_cut = False
     for ax, (metric, _, name_attr) in zip(axes, PANELS):
+        intervals = {v: results.variants[v].interval(metric, confidence) for v in variants}
+        shown = [x for v in variants for x in getattr(results.variants[v], metric) if x > 0]
+        shown += [iv.high for iv in intervals.values() if iv.n > 1]
+        references = (results.teacher.get(getattr(results, name_attr), []),
+                      results.teacher.get(results.metric_noise_floor, []))
+        shown += [sum(r) / len(r) for r in references if r]
+        left, right = min(shown, default=1.0) / 1.5, max(shown, default=10.0) * 1.3
         for row, variant in enumerate(variants):
-            result = results.variants[variant]
-            iv = result.interval(metric, confidence)
+            iv, result = intervals[variant], results.variants[variant]
             if iv.n == 0:
                 continue
-            err = [[iv.mean - iv.low], [iv.high - iv.mean]] if iv.n > 1 else None
-            ax.errorbar([iv.mean], [row], xerr=err, fmt="s", color="C0", capsize=4)
+            low, high = (max(iv.low, left), iv.high) if iv.n > 1 else (iv.mean, iv.mean)
+            ax.errorbar([iv.mean], [row], xerr=[[iv.mean - low], [high - iv.mean]], fmt="s", color="C0", capsize=4)
+            if iv.n > 1 and iv.low < left:
+                any_cut = True
+                ax.plot([left], [row], marker="<", color="C0", ms=7, clip_on=False)
             ax.scatter(getattr(result, metric), [row] * len(getattr(result, metric)), color="C1", s=12, zorder=3)
         _teacher_lines(ax, results, name_attr, vertical=True)
-        ax.set_yticks(range(len(variants)), [results.variants[v].label for v in variants])
-        ax.invert_yaxis()
-        ax.set_xlabel(f"{getattr(results, name_attr)} ({results.num_samples} samples; lower is better)")
-        ax.grid(alpha=0.3, axis="x")
-    axes[0].legend(fontsize=8, loc="best")
+        ax.set_xscale("log")
+        ax.set_xlim(left, right)
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(f"{getattr(results, name_attr)} ({results.num_samples} samples; log scale, lower is better)")
+        ax.grid(alpha=0.3, axis="x", which="major")
+    axes[0].set_yticks(range(len(variants)), [results.variants[v].label for v in variants])
+    axes[0].invert_yaxis()  # shared: the first variant on top in both panels
+    handles = [Line2D([], [], color="C0", marker="s", label=f"mean ± {confidence:.0%} t-interval"),
+               Line2D([], [], color="C1", marker="o", ls="", ms=4, label="seeds"),
+               *[h for h in axes[0].get_lines() if h.get_label() in ("teacher", "noise floor")]]
+    if any_cut:
+        handles.append(Line2D([], [], color="C0", marker="<", ls="", label="interval continues below the axis"))
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(handles), fontsize=8,
+               frameon=False)
     fig.suptitle(f"Final scores: mean ± {confidence:.0%} t-interval over seeds (dots: seeds)")
+    fig.tight_layout()
     path = _save(fig, path)
     plt.close(fig)
     return path

@@ -10,7 +10,7 @@ from typing import Any
 
 from dkdm.console import Context, summary
 from dkdm.reproduce import plots
-from dkdm.reproduce.aggregate import Results, collect
+from dkdm.reproduce.aggregate import Results, collect, published_results
 from dkdm.reproduce.claims import ClaimResult, decide, paper_claims
 from dkdm.reproduce.params import ExperimentParams, distill_config
 from dkdm.reproduce.runs import EXPERIMENT_TAG, REPORT_DIR, STUDENTS_DIR
@@ -168,6 +168,15 @@ def write_report(ctx: Context, params: ExperimentParams) -> dict[str, Any]:
     summary(f"reproduce report: {', '.join(f'{n} {v}' for v, n in counts.items())} -> "
             f"{(REPORT_DIR / 'report.md').resolve()}")
     return summary_data
+
+
+def redraw_figures(folder: Path, params: ExperimentParams, num_samples: int) -> list[Path]:
+    """scores.png and rho_sweep.png of a report folder, redrawn in place from its results.csv and summary.json."""
+    results = published_results(folder, params, num_samples)
+    conf = 1 - params.experiment.alpha
+    drawn = [plots.scores(results, folder / "scores.png", list(results.variants), conf),
+             plots.rho_sweep(results, folder / "rho_sweep.png", params.experiment.rho_sweep, conf)]
+    return [path for path in drawn if path is not None]
 
 
 def _write_csv(results: Results, conf: float) -> Path:
