@@ -8,6 +8,7 @@ from dkdm.dashboard_compare import result_records
 from dkdm.dashboard_data import latest_run
 from dkdm_ui import data, paper_results, paper_studies
 from dkdm_ui.common import run_label, runs_or_empty, sidebar
+from dkdm_ui.markdown_view import embedded_markdown
 
 st.title("Paper vs ours")
 meta = data.paper_tables()["meta"]
@@ -38,7 +39,7 @@ for stage, title in REPORTS.items():
         if body is None:
             st.info(f"This {stage} run has no `report/report.md` artifact.")
             continue
-        st.markdown(body.decode("utf-8", errors="replace"))
+        embedded_markdown(body.decode("utf-8", errors="replace"), key=stage)
         images = [p for p in data.artifact_paths(src.tracking_uri, found["run_id"], "report")
                   if p.lower().endswith((".png", ".jpg", ".jpeg", ".svg"))]
         for path in images:
