@@ -28,8 +28,8 @@ PAPER_RESULTS = {"dynamic": {"fid": 10.1, "sfid": 12.0, "is": 8.5, "fid_teacher"
 TRIAL_VALUES = [6.0, 2.5, 4.0, 3.1]  # FD' of the study's complete trials; trial 1 is the best
 
 
-# The verdict table of the committed CPU report (experiments/reproduce/results/): long headers, code spans and
-# unbroken names make it wider than the page's column at a 1400-px window.
+# Shaped like the verdict table of the committed CPU report (experiments/reproduce/results/), with longer
+# comparison names: long headers, code spans and unbroken names make it wider than the page's column at 1400 px.
 WIDE_REPORT_TABLE = (
     "| claim | paper | verdict (fd_digits / fd_digits_teacher for Table 11) | other metric | comparisons |\n"
     "|---|---|---|---|---|\n"
