@@ -88,9 +88,11 @@ class TeacherSettings(Section):
 
 
 class FeaturesSettings(Section):
-    kind: Literal["digits", "inception"] = Field("digits", description="feature space of every metric")
+    kind: Literal["digits", "learned", "inception"] = Field(
+        "digits", description="feature space of every metric: digits (8x8 digits only), learned (a network trained "
+        "on the data, any shape, offline), inception (FID, needs its weights)")
     inception_weights: Path | None = Field(None, description="FID Inception weights file (kind: inception)")
-    classifier_epochs: int = Field(30, gt=0)
+    classifier_epochs: int = Field(30, gt=0, description="training epochs of the feature network (digits, learned)")
     classifier_batch_size: int = Field(128, gt=0)
     classifier_lr: float = Field(2e-3, gt=0)
     batch_size: int = Field(512, gt=0, description="feature extraction batch")
@@ -238,7 +240,9 @@ class Settings(BaseSettings):
                 f"{self.data.channels}x{self.data.image_size}x{self.data.image_size}"
             )
         if self.features.kind == "digits" and (self.data.channels, self.data.image_size) != (1, 8):
-            raise ValueError("features.kind: 'digits' features need 1x8x8 images; use 'inception'")
+            raise ValueError(f"features.kind: 'digits' features need 1x8x8 images, the data is {self.data.channels}x"
+                             f"{self.data.image_size}x{self.data.image_size}; use 'learned' (trained on your data, "
+                             "offline) or 'inception'")
         for name, spec in self.distill.runs.items():
             student = spec.student or self.distill.student
             check_preset(f"distill.runs.{name}.student", student)
