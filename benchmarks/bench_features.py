@@ -5,7 +5,7 @@ default's 1,437; the 16×16 RGB bring-your-own-data CI profile, 256 images) and 
 generated 16×16 RGB set, the FD at 0 and 4 strengths of each disturbance (the check tests/test_learned_features.py
 asserts).
 
-    python benchmarks/bench_features.py --threads 2
+    python benchmarks/bench_features.py --threads 1
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _train(images, labels, epochs, tmp):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="the CPU profiles run one thread")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     digits = load_digits("train")

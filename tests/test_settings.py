@@ -154,6 +154,18 @@ def test_learned_features_accept_any_shape(workdir):
     assert (settings.features.kind, settings.data.channels, settings.data.image_size) == ("learned", 3, 16)
 
 
+def test_new_data_without_a_features_kind_gets_learned(workdir):
+    _edit(workdir / "params.yaml", **OWN_RGB16)
+    profile = yaml.safe_load((workdir / "params.yaml").read_text())
+    del profile["features"]["kind"]
+    (workdir / "params.yaml").write_text(yaml.safe_dump(profile))
+    assert load_settings(Path("params.yaml")).features.kind == "learned"
+    del profile["features"]
+    (workdir / "params.yaml").write_text(yaml.safe_dump(profile))
+    assert load_settings(Path("params.yaml")).features.kind == "learned"
+    assert load_settings(Path("params.yaml"), {"features": {"kind": "inception"}}).features.kind == "inception"
+
+
 def test_unknown_key_is_named(workdir):
     _edit(workdir / "params.yaml", **{"distill.rhoo": 0.4})
     result = CliRunner().invoke(app, ["profile", "show"])

@@ -90,7 +90,7 @@ class TeacherSettings(Section):
 class FeaturesSettings(Section):
     kind: Literal["digits", "learned", "inception"] = Field(
         "digits", description="feature space of every metric: digits (8x8 digits only), learned (a network trained "
-        "on the data, any shape, offline), inception (FID, needs its weights)")
+        "on the data, any shape, offline; the default for data other than digits), inception (FID, needs weights)")
     inception_weights: Path | None = Field(None, description="FID Inception weights file (kind: inception)")
     classifier_epochs: int = Field(30, gt=0, description="training epochs of the feature network (digits, learned)")
     classifier_batch_size: int = Field(128, gt=0)
@@ -223,6 +223,21 @@ class Settings(BaseSettings):
     evaluate: EvaluateSettings = EvaluateSettings()
     tracking: TrackingSettings = TrackingSettings()
     tune: TuneSettings = TuneSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _feature_kind_for_new_data(cls, values: Any) -> Any:
+        """A profile that names no features.kind gets `digits` on the embedded digits and `learned` on any other
+        data: the one space that reads every shape offline."""
+        if not isinstance(values, dict):
+            return values
+        features, data = values.get("features"), values.get("data")
+        if isinstance(features, BaseModel) or (isinstance(features, dict) and "kind" in features):
+            return values
+        dataset = data.get("dataset", "digits") if isinstance(data, dict) else getattr(data, "dataset", "digits")
+        if dataset != "digits":
+            return {**values, "features": {**(features or {}), "kind": "learned"}}
+        return values
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

@@ -75,7 +75,7 @@ class LearnedNet(nn.Module):
         self.embed = nn.Linear(widths[-1] * GRID * GRID, config.feature_dim)
         if config.objective == "classifier":
             self.head = nn.Linear(config.feature_dim, config.num_classes)
-        elif config.objective == "contrastive":
+        else:
             self.project = nn.Sequential(nn.SiLU(), nn.Linear(config.feature_dim, config.feature_dim), nn.SiLU(),
                                          nn.Linear(config.feature_dim, 32))
 
