@@ -50,8 +50,8 @@ def main() -> None:
         for name, images, labels, epochs, other in sets:
             _, extractor = _train(images, labels, epochs, tmp)
             stats = compute_reference_stats(images, extractor, None)
-            curves = disturbance_curves(images, other, lambda x: evaluate_samples(
-                x, extractor=extractor, real_stats=stats, precision_recall_on=False)["fd_learned"])
+            curves = disturbance_curves(images, other, lambda x, e=extractor, s=stats: evaluate_samples(
+                x, extractor=e, real_stats=s, precision_recall_on=False)["fd_learned"])
             print(f"\n{name}: fd_learned at strength 0 and each level\n\n| disturbance | levels | FD |\n|---|---|---|")
             for dist, scores in curves.items():
                 levels = ", ".join(f"{v:g}" for v in (0, *LEVELS[dist]))

@@ -58,7 +58,7 @@ def main() -> None:
         fd_learned = evaluate_samples(samples, extractor=extractor, real_stats=stats,
                                       precision_recall_on=False)["fd_learned"]
         rows.append((folder.name, len(samples), fd_digits, fd_learned))
-    print(f"\n| run | samples | fd_digits | fd_learned |\n|---|---:|---:|---:|")
+    print("\n| run | samples | fd_digits | fd_learned |\n|---|---:|---:|---:|")
     for name, count, fd_digits, fd_learned in sorted(rows, key=lambda r: r[2]):
         print(f"| {name} | {count} | {fd_digits:.3f} | {fd_learned:.3f} |")
     rho, p = spearmanr([r[2] for r in rows], [r[3] for r in rows])

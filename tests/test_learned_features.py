@@ -12,6 +12,7 @@ margin, and the network trains in about 15 s and 30 s on one core.
 """
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -20,7 +21,13 @@ import torch
 
 from training.data import load_digits, synthetic
 from training.eval import compute_reference_stats, evaluate_samples, noise_floor
-from training.eval.disturb import LEVELS, disturbance_curves, gaussian_blur, mix_in, salt_and_pepper
+from training.eval.disturb import (
+    LEVELS,
+    disturbance_curves,
+    gaussian_blur,
+    mix_in,
+    salt_and_pepper,
+)
 from training.eval.learned import LearnedFeatureExtractor
 from training.eval.learned_train import train_learned_features
 
@@ -76,7 +83,7 @@ def test_fd_learned_rises_monotonically_with_each_disturbance(dataset, disturban
     curves = request.getfixturevalue(f"{dataset}_curves")
     scores = curves[disturbance]
     assert len(scores) == 5 and scores[0] == pytest.approx(0.0, abs=1e-6)  # the set against itself
-    assert all(lo < hi for lo, hi in zip(scores, scores[1:])), (disturbance, scores)
+    assert all(lo < hi for lo, hi in itertools.pairwise(scores)), (disturbance, scores)
 
 
 @pytest.mark.parametrize("dataset", ["digits", "rgb"])
@@ -149,7 +156,7 @@ def test_disturbances_keep_their_draws_across_strengths():
     changed_weak = (weak != images).any(-1)
     assert changed_weak.any() and ((strong != images).any(-1) | ~changed_weak).all()  # weak hits ⊂ strong hits
     other = synthetic.gratings(50, 16, seed=1)
-    swapped = lambda f: {i for i in range(50) if (mix_in(images, other, f, seed=1)[i] != images[i]).any()}  # noqa: E731
+    swapped = lambda f: {i for i in range(50) if (mix_in(images, other, f, seed=1)[i] != images[i]).any()}
     assert len(swapped(0.1)) == 5 and swapped(0.1) <= swapped(0.5)
     flat = np.full((2, 16, 16, 3), 77, np.uint8)
     np.testing.assert_array_equal(gaussian_blur(flat, 1.5), flat)  # blur preserves a constant image

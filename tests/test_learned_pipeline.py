@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pipeline_helpers import repro_profile  # noqa: E402
+from pipeline_helpers import repro_profile
 
-from training.data import synthetic  # noqa: E402
+from training.data import synthetic
 
 PROFILE = "ci-own16"
 

@@ -60,7 +60,7 @@ def mix_in(images: np.ndarray, other: np.ndarray, fraction: float, *, seed: int)
     check_images_uint8(other, what="images mixed in")
     if other.shape[1:] != images.shape[1:]:
         raise ValueError(f"images to mix in are {other.shape[1:]}, the set is {images.shape[1:]}")
-    count = int(round(fraction * len(images)))
+    count = round(fraction * len(images))
     if count > len(other):
         raise ValueError(f"mixing in {count} images needs that many, got {len(other)}")
     rng = np.random.default_rng(seed)

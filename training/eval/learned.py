@@ -18,7 +18,12 @@ from torch import Tensor, nn
 
 from training.data.dataset import check_images_uint8
 from training.eval.artifacts import load_tensors_with_sidecar
-from training.eval.extractor import LEARNED_METRICS, Features, MetricNames, extract_batched
+from training.eval.extractor import (
+    LEARNED_METRICS,
+    Features,
+    MetricNames,
+    extract_batched,
+)
 from training.eval.features import check_sidecar_space, weights_fingerprint
 
 ARCHITECTURE = "learned-cnn-v1"

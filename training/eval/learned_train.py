@@ -13,7 +13,14 @@ from torch import Tensor
 
 from training.data.dataset import check_images_uint8
 from training.eval.artifacts import save_tensors_with_sidecar
-from training.eval.learned import ARCHITECTURE, LearnedConfig, LearnedNet, config_to_json, space_name, to_nchw
+from training.eval.learned import (
+    ARCHITECTURE,
+    LearnedConfig,
+    LearnedNet,
+    config_to_json,
+    space_name,
+    to_nchw,
+)
 
 HELD_OUT_FRACTION = 0.1
 # NT-Xent temperature. 0.5 (SimCLR's value for small batches) gave the feature space most sensitive to the four
@@ -116,7 +123,7 @@ def train_learned_features(
     x_all = to_nchw(images, config)
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=generator)
-    n_held = int(round(HELD_OUT_FRACTION * n)) if n >= 20 else 0
+    n_held = round(HELD_OUT_FRACTION * n) if n >= 20 else 0
     held, train = order[:n_held], order[n_held:]
     x_train, x_held = x_all[train], x_all[held]
     y_train, y_held = (y_all[train], y_all[held]) if y_all is not None else (None, None)
@@ -146,7 +153,7 @@ def train_learned_features(
     out_path = Path(out_path)
     save_tensors_with_sidecar(out_path, model.state_dict(), {
         "architecture": ARCHITECTURE, "feature_space": space, "config": config_to_json(config), "seed": seed,
-        "epochs": epochs, "batch_size": batch_size, "lr": lr, "n_train": int(len(x_train)), "n_held_out": n_held,
+        "epochs": epochs, "batch_size": batch_size, "lr": lr, "n_train": len(x_train), "n_held_out": n_held,
         "held_out_score": score, "train_seconds": seconds,
     })
-    return LearnedReport(out_path, space, config.objective, num_classes, int(len(x_train)), n_held, score, seconds)
+    return LearnedReport(out_path, space, config.objective, num_classes, len(x_train), n_held, score, seconds)
