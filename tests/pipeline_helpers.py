@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,9 +37,13 @@ def run(cmd: list[str], cwd: Path, timeout: int) -> subprocess.CompletedProcess:
     return out
 
 
-def repro_profile(repo: Path, profile: str, timeout: int = 840) -> tuple[Path, str, subprocess.CompletedProcess]:
-    """Copy the repo to `repo`, commit it to a fresh git, activate `profile` and `dvc repro`; (repo, dvc, result)."""
+def repro_profile(repo: Path, profile: str, timeout: int = 840, prepare: Callable[[Path], None] | None = None,
+                  ) -> tuple[Path, str, subprocess.CompletedProcess]:
+    """Copy the repo to `repo`, commit it to a fresh git, activate `profile` and `dvc repro`; (repo, dvc, result).
+    `prepare(repo)` adds what a user would bring (their data, their profile) before the commit."""
     copy_tree(repo)
+    if prepare is not None:
+        prepare(repo)
     git = ["git", "-c", "user.email=ci@dkdm", "-c", "user.name=ci"]
     run(["git", "init", "-q"], repo, 60)
     run(git + ["add", "-A"], repo, 60)

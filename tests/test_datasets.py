@@ -152,6 +152,17 @@ def test_image_folder_resizes_squashes_and_orders(tmp_path):
     assert load_image_folder(tmp_path / "imgs", 8, channels=1).images.shape == (3, 8, 8, 1)
 
 
+def test_class_subfolders_become_labels(tmp_path):
+    for i, cls in enumerate(["dog", "cat", "cat"]):
+        (tmp_path / "imgs" / cls).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng_images(1, 8, 8, seed=i)[0]).save(tmp_path / "imgs" / cls / f"{i}.png")
+    data = load_image_folder(tmp_path / "imgs", 8)
+    np.testing.assert_array_equal(data.labels, [0, 0, 1])  # sorted files: cat/1, cat/2, dog/0; classes sorted
+    assert data.meta["classes"] == "cat,dog"
+    Image.fromarray(rng_images(1, 8, 8, seed=9)[0]).save(tmp_path / "imgs" / "loose.png")
+    assert load_image_folder(tmp_path / "imgs", 8).labels is None  # an image outside the classes: unlabelled
+
+
 def test_image_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="image folder not found"):
         load_image_folder(tmp_path / "absent", 8)

@@ -114,6 +114,9 @@ def test_run_source_must_match_its_method(workdir):
     assert METHOD_SOURCES["data_free"] == "outputs/reference"
 
 
+# A user's own 16x16 RGB .npz with matching presets; features.kind stays the default's 'digits'.
+OWN_RGB16 = {"data.dataset": "npz", "data.path": "own.npz", "data.image_size": 16, "data.channels": 3,
+             "teacher.preset": "ci-rgb16-teacher", "distill.student": "ci-rgb16-student"}
 BAD_VALUES = [
     ({"distill.rho": -0.1}, "distill.rho", "-0.1"),
     ({"distill.rho": 0}, "distill.rho", "0"),
@@ -126,6 +129,9 @@ BAD_VALUES = [
     ({"diffusion.noise_schedule": "quadratic"}, "diffusion", "quadratic"),
     ({"distill.runs.dynamic.method": "magic"}, "distill.runs.dynamic.method", "magic"),
     ({"teacher.source": "import", "teacher.checkpoint": "teachers/missing.pt"}, "teacher.checkpoint", "missing.pt"),
+    ({"features.kind": "lerned"}, "features.kind", "lerned"),
+    # The digits classifier cannot read a user's 16x16 RGB images: refused, pointing at `learned`.
+    (OWN_RGB16, "features.kind", "'learned'"),
 ]
 
 
@@ -140,6 +146,24 @@ def test_bad_value_fails_before_any_work(workdir, changes, field, value):
     assert field in lines[0] and value in lines[0], lines[0]
     assert "Traceback" not in result.output
     assert sorted(p.name for p in workdir.iterdir()) == before, "nothing may be written on a bad setting"
+
+
+def test_learned_features_accept_any_shape(workdir):
+    _edit(workdir / "params.yaml", **OWN_RGB16, **{"features.kind": "learned"})
+    settings = load_settings(Path("params.yaml"))
+    assert (settings.features.kind, settings.data.channels, settings.data.image_size) == ("learned", 3, 16)
+
+
+def test_new_data_without_a_features_kind_gets_learned(workdir):
+    _edit(workdir / "params.yaml", **OWN_RGB16)
+    profile = yaml.safe_load((workdir / "params.yaml").read_text())
+    del profile["features"]["kind"]
+    (workdir / "params.yaml").write_text(yaml.safe_dump(profile))
+    assert load_settings(Path("params.yaml")).features.kind == "learned"
+    del profile["features"]
+    (workdir / "params.yaml").write_text(yaml.safe_dump(profile))
+    assert load_settings(Path("params.yaml")).features.kind == "learned"
+    assert load_settings(Path("params.yaml"), {"features": {"kind": "inception"}}).features.kind == "inception"
 
 
 def test_unknown_key_is_named(workdir):

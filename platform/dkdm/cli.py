@@ -153,7 +153,8 @@ def import_teacher_cmd(
 @app.command("features")
 @handles_errors
 def features_cmd(profile: ProfileOpt = None) -> None:
-    """Prepare the feature space (digits classifier or Inception weights) and the real data's reference statistics."""
+    """Prepare the feature space (features.kind: digits classifier, a network learned on your data, or Inception
+    weights) and the real data's reference statistics."""
     _stage("features").run(context(profile))
 
 

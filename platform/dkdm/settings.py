@@ -88,9 +88,11 @@ class TeacherSettings(Section):
 
 
 class FeaturesSettings(Section):
-    kind: Literal["digits", "inception"] = Field("digits", description="feature space of every metric")
+    kind: Literal["digits", "learned", "inception"] = Field(
+        "digits", description="feature space of every metric: digits (8x8 digits only), learned (a network trained "
+        "on the data, any shape, offline; the default for data other than digits), inception (FID, needs weights)")
     inception_weights: Path | None = Field(None, description="FID Inception weights file (kind: inception)")
-    classifier_epochs: int = Field(30, gt=0)
+    classifier_epochs: int = Field(30, gt=0, description="training epochs of the feature network (digits, learned)")
     classifier_batch_size: int = Field(128, gt=0)
     classifier_lr: float = Field(2e-3, gt=0)
     batch_size: int = Field(512, gt=0, description="feature extraction batch")
@@ -222,6 +224,21 @@ class Settings(BaseSettings):
     tracking: TrackingSettings = TrackingSettings()
     tune: TuneSettings = TuneSettings()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _feature_kind_for_new_data(cls, values: Any) -> Any:
+        """A profile that names no features.kind gets `digits` on the embedded digits and `learned` on any other
+        data: the one space that reads every shape offline."""
+        if not isinstance(values, dict):
+            return values
+        features, data = values.get("features"), values.get("data")
+        if isinstance(features, BaseModel) or (isinstance(features, dict) and "kind" in features):
+            return values
+        dataset = data.get("dataset", "digits") if isinstance(data, dict) else getattr(data, "dataset", "digits")
+        if dataset != "digits":
+            return {**values, "features": {**(features or {}), "kind": "learned"}}
+        return values
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         from dkdm.compat import check_pair, check_preset, preset_shape
@@ -238,7 +255,9 @@ class Settings(BaseSettings):
                 f"{self.data.channels}x{self.data.image_size}x{self.data.image_size}"
             )
         if self.features.kind == "digits" and (self.data.channels, self.data.image_size) != (1, 8):
-            raise ValueError("features.kind: 'digits' features need 1x8x8 images; use 'inception'")
+            raise ValueError(f"features.kind: 'digits' features need 1x8x8 images, the data is {self.data.channels}x"
+                             f"{self.data.image_size}x{self.data.image_size}; use 'learned' (trained on your data, "
+                             "offline) or 'inception'")
         for name, spec in self.distill.runs.items():
             student = spec.student or self.distill.student
             check_preset(f"distill.runs.{name}.student", student)

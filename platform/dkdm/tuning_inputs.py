@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from dkdm.errors import DkdmError
-from dkdm.stages.common import CLASSIFIER_FILE, TEACHER_FILE, TEACHER_STATS_FILE
+from dkdm.stages.common import CLASSIFIER_FILE, LEARNED_FILE, TEACHER_FILE, TEACHER_STATS_FILE
 from dkdm.tuning_config import TuneSettings
 from dkdm.tuning_objective import TrialBudget, TuneInputs
 
@@ -23,9 +23,11 @@ class InputPaths:
     teacher: Path = TEACHER_FILE
     teacher_stats: Path = TEACHER_STATS_FILE
     classifier: Path = CLASSIFIER_FILE
+    learned: Path = LEARNED_FILE
 
     def with_overrides(self, **values: Path | None) -> InputPaths:
-        return InputPaths(**{k: (values.get(k) or getattr(self, k)) for k in ("teacher", "teacher_stats", "classifier")})
+        keys = ("teacher", "teacher_stats", "classifier", "learned")
+        return InputPaths(**{k: (values.get(k) or getattr(self, k)) for k in keys})
 
 
 def check_paths(settings: Any, paths: InputPaths) -> None:
@@ -33,6 +35,8 @@ def check_paths(settings: Any, paths: InputPaths) -> None:
     needed = [("teacher", paths.teacher), ("teacher_stats", paths.teacher_stats)]
     if settings.features.kind == "digits":
         needed.append(("classifier", paths.classifier))
+    if settings.features.kind == "learned":
+        needed.append(("learned", paths.learned))
     for name, path in needed:
         if not Path(path).is_file():
             raise DkdmError(f"tune: {name} file {path} does not exist; run `dvc repro reference` first "
@@ -91,6 +95,10 @@ def load_inputs(settings: Any, tune: TuneSettings, paths: InputPaths, device: to
         from training.eval import DigitsFeatureExtractor
 
         extractor = DigitsFeatureExtractor.from_file(paths.classifier, device=device)
+    elif settings.features.kind == "learned":
+        from training.eval.learned import LearnedFeatureExtractor
+
+        extractor = LearnedFeatureExtractor.from_file(paths.learned, device=device)
     else:
         from training.eval import InceptionFeatureExtractor
 

@@ -96,12 +96,30 @@ def load_image_folder(
         raise ValueError(
             f"image folder {folder} mixes sizes {sorted(shapes)[:3]}...: pass image_size to resize them"
         )
+    labels, classes = class_labels(folder, files)
+    meta = {"format": "image-folder", "resample": resample if image_size else "none"}
+    if classes:
+        meta["classes"] = ",".join(classes)
     return ImageDataset(
         name=name or folder.name,
         images=np.stack(images),
+        labels=labels,
         source=str(folder),
-        meta={"format": "image-folder", "resample": resample if image_size else "none"},
+        meta=meta,
     )
+
+
+def class_labels(folder: Path, files: list[Path]) -> tuple[np.ndarray | None, list[str]]:
+    """Labels from class subfolders (`folder/<class>/<image>`, ImageFolder's layout): only when every image sits
+    exactly one level down and there are at least two classes; otherwise the folder is unlabelled."""
+    parents = [p.relative_to(folder).parts for p in files]
+    if any(len(parts) != 2 for parts in parents):
+        return None, []
+    classes = sorted({parts[0] for parts in parents})
+    if len(classes) < 2:
+        return None, []
+    index = {name: i for i, name in enumerate(classes)}
+    return np.array([index[parts[0]] for parts in parents], dtype=np.int64), classes
 
 
 def load_npz(path: Path | str, image_size: int | None = None, *, resample: str = "bicubic") -> ImageDataset:

@@ -6,6 +6,7 @@ Public API:
     save_samples_npz(path, images), save_grid(path, images, nrow)
     InceptionFeatureExtractor(weights_path=None, *, device), DigitsFeatureExtractor.from_file(path)
     train_digits_classifier(images, labels, *, seed, epochs, out_path, ...) -> ClassifierReport
+    LearnedFeatureExtractor.from_file(path), train_learned_features(images, labels=None, *, seed, epochs, out_path)
     compute_reference_stats(images, extractor, out_path) -> ReferenceStats, load_reference_stats(path)
     evaluate_samples(samples, *, extractor, real_stats, teacher_stats=None) -> dict[str, float]
     noise_floor(samples, *, extractor) -> {"<fd>_noise_floor": value}
@@ -22,9 +23,26 @@ from training.eval.costs import (
 )
 from training.eval.early_stop import BestTracker, make_fd_metric
 from training.eval.evaluate import evaluate_features, evaluate_samples, noise_floor
-from training.eval.extractor import DIGITS_METRICS, INCEPTION_METRICS, FeatureExtractor, Features, MetricNames
-from training.eval.features import ClassifierReport, DigitsFeatureExtractor, train_digits_classifier
-from training.eval.inception import InceptionFeatureExtractor, default_weights_path, resolve_weights_path
+from training.eval.extractor import (
+    DIGITS_METRICS,
+    INCEPTION_METRICS,
+    LEARNED_METRICS,
+    FeatureExtractor,
+    Features,
+    MetricNames,
+)
+from training.eval.features import (
+    ClassifierReport,
+    DigitsFeatureExtractor,
+    train_digits_classifier,
+)
+from training.eval.inception import (
+    InceptionFeatureExtractor,
+    default_weights_path,
+    resolve_weights_path,
+)
+from training.eval.learned import LearnedFeatureExtractor
+from training.eval.learned_train import LearnedReport, train_learned_features
 from training.eval.metrics import (
     feature_statistics,
     frechet_distance,
@@ -33,12 +51,24 @@ from training.eval.metrics import (
     precision_recall,
     split_halves_fd,
 )
-from training.eval.sampling import generate_samples, load_sampler, make_grid, save_grid, save_samples_npz
-from training.eval.stats import ReferenceStats, compute_reference_stats, load_reference_stats, save_reference_stats
+from training.eval.sampling import (
+    generate_samples,
+    load_sampler,
+    make_grid,
+    save_grid,
+    save_samples_npz,
+)
+from training.eval.stats import (
+    ReferenceStats,
+    compute_reference_stats,
+    load_reference_stats,
+    save_reference_stats,
+)
 
 __all__ = [
     "DIGITS_METRICS",
     "INCEPTION_METRICS",
+    "LEARNED_METRICS",
     "BestTracker",
     "ClassifierReport",
     "CostFigures",
@@ -46,6 +76,8 @@ __all__ = [
     "FeatureExtractor",
     "Features",
     "InceptionFeatureExtractor",
+    "LearnedFeatureExtractor",
+    "LearnedReport",
     "MetricNames",
     "ReferenceStats",
     "compute_reference_stats",
@@ -74,4 +106,5 @@ __all__ = [
     "seconds_per_100_iterations",
     "split_halves_fd",
     "train_digits_classifier",
+    "train_learned_features",
 ]

@@ -1,4 +1,5 @@
-"""The feature-space interface the metrics share: Inception-v3 for the paper, a digits classifier offline."""
+"""The feature-space interface the metrics share: Inception-v3 for the paper; offline, a digits classifier or a
+network learned on the user's own images."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -36,6 +37,11 @@ INCEPTION_METRICS = MetricNames(fd="fid", inception_score="is", precision="preci
 DIGITS_METRICS = MetricNames(
     fd="fd_digits", inception_score="is_digits", precision="precision_digits", recall="recall_digits"
 )
+LEARNED_METRICS = MetricNames(
+    fd="fd_learned", inception_score="is_learned", precision="precision_learned", recall="recall_learned"
+)
+# The metric names of each `features.kind`, so the pipeline names scores without loading a network.
+METRICS_BY_KIND = {"digits": DIGITS_METRICS, "inception": INCEPTION_METRICS, "learned": LEARNED_METRICS}
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,15 @@ def weights_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def check_sidecar_space(path: str | Path, meta: dict, space: str) -> None:
+    """The sidecar's feature space must be the one the loaded weights hash to (a mismatched pair is refused)."""
+    if meta.get("feature_space") != space:
+        raise ValueError(
+            f"{path}: sidecar says feature space {meta.get('feature_space')!r} but the weights hash to "
+            f"{space!r}; the pair is inconsistent"
+        )
+
+
 def _nchw(images: np.ndarray) -> Tensor:
     check_images_uint8(images, what="digits images")
     if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 1):
@@ -186,11 +195,7 @@ class DigitsFeatureExtractor:
             first = str(exc).splitlines()[0]
             raise ValueError(f"{path}: weights do not fit {ARCHITECTURE} ({first})") from None
         extractor = cls(model, device=device, meta=meta)
-        if meta.get("feature_space") != extractor.space:
-            raise ValueError(
-                f"{path}: sidecar says feature space {meta.get('feature_space')!r} but the weights hash to "
-                f"{extractor.space!r}; the pair is inconsistent"
-            )
+        check_sidecar_space(path, meta, extractor.space)
         return extractor
 
     def _forward(self, batch: Tensor) -> tuple[Tensor, Tensor, None]:

@@ -17,6 +17,7 @@ DATA_INFO = OUT / "data" / "info.json"
 TEACHER_FILE = OUT / "teacher" / "teacher.safetensors"
 FEATURES_DIR = OUT / "features"
 CLASSIFIER_FILE = FEATURES_DIR / "classifier.safetensors"
+LEARNED_FILE = FEATURES_DIR / "learned.safetensors"
 REAL_STATS_FILE = FEATURES_DIR / "real_stats.safetensors"
 REFERENCE_DIR = OUT / "reference"
 SYNTHETIC_FILE = REFERENCE_DIR / "teacher_samples.safetensors"
@@ -147,12 +148,17 @@ def nhwc_to_model(images: Any):
 
 
 def make_extractor(settings: Settings, device: Any):
-    """The feature network of the profile: the digits classifier, or Inception (weights path from settings)."""
+    """The feature network of the profile: the digits classifier, the learned network, or Inception (weights path
+    from settings)."""
     if settings.features.kind == "digits":
         from training.eval.features import DigitsFeatureExtractor
 
         require(CLASSIFIER_FILE, "dkdm features")
         return DigitsFeatureExtractor.from_file(CLASSIFIER_FILE, device=device)
+    if settings.features.kind == "learned":
+        from training.eval.learned import LearnedFeatureExtractor
+
+        return LearnedFeatureExtractor.from_file(require(LEARNED_FILE, "dkdm features"), device=device)
     from training.eval.inception import InceptionFeatureExtractor
 
     return InceptionFeatureExtractor(settings.features.inception_weights, device=device)

@@ -24,9 +24,17 @@ from dkdm.tracking import start_run
 
 def _metric_keys(settings: Any) -> tuple[str, str, str, str, str]:
     """(fd, fd against the teacher, precision, recall, noise floor) in the profile's feature space."""
-    if settings.features.kind == "digits":
-        return "fd_digits", "fd_digits_teacher", "precision_digits", "recall_digits", "fd_digits_noise_floor"
-    return "fid", "fid_teacher", "precision", "recall", "fid_noise_floor"
+    from training.eval.extractor import METRICS_BY_KIND
+
+    names = METRICS_BY_KIND[settings.features.kind]
+    return names.fd, names.against_teacher(names.fd), names.precision, names.recall, names.noise_floor
+
+
+SPACE_WORDS = {
+    "digits": "the digits classifier's 64-d feature space (not Inception)",
+    "learned": "the 64-d feature space of a network trained on the real data by the `features` stage (not Inception)",
+    "inception": "Inception-v3 (FID protocol)",
+}
 
 
 def _params(path: Path) -> int | None:
@@ -91,8 +99,7 @@ def render(settings: Any, rows: list[dict[str, Any]], reference: dict[str, float
     fd, fdt, prec, rec, floor_key = _metric_keys(settings)
     floor = reference.get(floor_key)
     teacher = next(r for r in rows if r["method"] == "teacher")
-    space = "the digits classifier's 64-d feature space (not Inception)" if settings.features.kind == "digits" \
-        else "Inception-v3 (FID protocol)"
+    space = SPACE_WORDS[settings.features.kind]
     ev = settings.evaluate
     lines = [
         f"# DKDM report: profile `{settings.profile}`",
