@@ -22,13 +22,16 @@ from training.diffusion.ldm import EpsModel, FirstStage, LatentDiffusion
 from training.distill.baselines import load_synthetic, synthesize_dataset
 from training.distill.config import DistillConfig
 from training.distill.objective import LossFn, dkdm_loss_fn
-from training.distill.pool import DTYPES, Pool, noise_pool, prepare_in_memory
+from training.distill.pool import DTYPES, Pool, noise_pool, pool_nbytes, prepare_in_memory
 from training.distill.run import source_and_loss
 from training.distill.sources import BatchSource, DatasetSource, Encoder
 from training.distill.teacher import DiffusionTeacherStep, TeacherStep
 from training.train.precision import autocast_for
 
 log = logging.getLogger(__name__)
+
+__all__ = ["EncodingSource", "LatentTeacherStep", "build_latent_pool", "first_stage_encoder", "latent_dkdm_loss_fn",
+           "latent_source_and_loss", "pool_nbytes", "synthesize_latents"]
 
 SYNTHETIC_DDIM_STEPS = 100  # the paper's data-free latent baseline samples with DDIM-100, eta 0
 
@@ -53,15 +56,6 @@ def first_stage_encoder(first_stage: FirstStage, diffusion: LatentDiffusion, *, 
             return diffusion.encode_first_stage(first_stage, x).float()
 
     return encode
-
-
-def pool_nbytes(num_entries: int, latent_shape: tuple[int, ...], dtype: torch.dtype) -> int:
-    """Bytes the pool's latents take (plus 8 per int64 timestep)."""
-    per = int(torch.tensor([], dtype=dtype).element_size())
-    numel = 1
-    for d in latent_shape:
-        numel *= int(d)
-    return num_entries * (numel * per + 8)
 
 
 def build_latent_pool(step: TeacherStep, *, rho: float, batch_size: int, latent_shape: tuple[int, ...],

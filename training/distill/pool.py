@@ -53,6 +53,15 @@ class Pool:
 
 
 
+def pool_nbytes(num_entries: int, shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    """Bytes the pool's entries take (plus 8 per int64 timestep)."""
+    per = int(torch.tensor([], dtype=dtype).element_size())
+    numel = 1
+    for d in shape:
+        numel *= int(d)
+    return num_entries * (numel * per + 8)
+
+
 def noise_pool(num_entries: int, image_shape: tuple[int, ...], num_timesteps: int, *, dtype: torch.dtype,
                device: torch.device, generator: torch.Generator) -> Pool:
     """A pool of pure noise at s = T (the starting batch of iterative distillation)."""

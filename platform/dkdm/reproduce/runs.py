@@ -14,14 +14,13 @@ from typing import Any
 from dkdm.console import Context, summary
 from dkdm.errors import DkdmError
 from dkdm.reproduce.params import ExperimentParams, distill_config, run_name
+from dkdm.spaces.pixel import PixelSpace
 from dkdm.stages.common import (
     REAL_STATS_FILE,
     SYNTHETIC_FILE,
     TEACHER_FILE,
     TEACHER_STATS_FILE,
     load_real_images,
-    load_teacher,
-    make_diffusion,
     make_extractor,
     nhwc_to_model,
     read_json,
@@ -134,7 +133,8 @@ class CurveRecorder:
                 self.rows = [{k: int(float(v)) if k == "step" else float(v) for k, v in row.items()}
                              for row in csv.DictReader(handle)]
         self.extractor, self.real, self.teacher = _scorer(ctx)
-        self.diffusion = make_diffusion(ctx.settings, _eval_respacing(ctx))
+        self.diffusion = PixelSpace(ctx.settings).process(
+            {**ctx.settings.diffusion.to_dict(), "timestep_respacing": _eval_respacing(ctx)})
         self.names = self.extractor.metric_names
 
     def __call__(self, step: int, model: Any) -> dict[str, float]:
@@ -171,7 +171,7 @@ def _method_inputs(ctx: Context, method: str) -> dict[str, Any]:
     from training.distill.config import POOL_METHODS
 
     if method in POOL_METHODS:
-        teacher, _ = load_teacher(ctx.device)
+        teacher, _ = PixelSpace(ctx.settings).load_teacher(ctx.device)
         return {"teacher": teacher}  # the pool (dynamic: round(rho*T)*b states) is prepared in memory, seeded
     if method == "data_free":
         from training.distill.baselines import load_synthetic
@@ -199,7 +199,7 @@ def train_one(ctx: Context, params: ExperimentParams, variant: str, seed: int) -
     with start_run(settings, stage=stage, run_name=f"reproduce-{run_name(variant, seed)}", method=spec.method,
                    student=preset, tags=tags) as tracker:
         result = train_network(
-            ctx, name=f"reproduce-{run_name(variant, seed)}", preset=preset, config=config,
+            ctx, PixelSpace(settings), name=f"reproduce-{run_name(variant, seed)}", preset=preset, config=config,
             out_file=folder / "student.safetensors", tracker=tracker, loss_csv=folder / "train_log.csv",
             provenance={"source": "dkdm reproduce", "variant": variant, "method": spec.method, "seed": seed,
                         "teacher": settings.teacher.preset},
