@@ -1,4 +1,4 @@
-"""What latent-space DKDM (paper §5.4, LDM teachers) adds to the engine; everything else is the pixel engine.
+"""What latent-space DKDM (the paper's LDM teachers, Table 9) adds to the engine; everything else is the pixel engine.
 
 `LatentDiffusion` speaks the pixel process's interface, so the teacher step, pool, sources and losses are the
 pixel ones (`training.distill.run.source_and_loss`). This module holds only what is latent-specific:

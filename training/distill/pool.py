@@ -1,4 +1,5 @@
-"""The dynamic-iterative pool: preparation by the teacher (METHOD §4), resumable, stored as a safetensors artifact.
+"""The dynamic-iterative pool: preparation by the teacher (the paper's Sec. 3.3), resumable, stored as a
+safetensors artifact.
 
 An entry is (s, x): s is the index of the teacher step that produced x (s = T means fresh noise); the next time
 the entry is used, x is fed to the networks at index s - 1. Preparation starts every entry at s = T and walks it

@@ -94,8 +94,8 @@ def source_and_loss(
 ) -> tuple[BatchSource, LossFn]:
     """The batch source and loss of `config.method` on `diffusion` (pixel or latent: both speak one interface).
 
-    DKDM methods (paper §4: iterative, shuffled, dynamic) step `teacher` over a pool of `image_shape` model
-    inputs: a given `pool`, the prepared pool at `pool_path`, or one prepared in memory. The baselines (§5.1)
+    DKDM methods (iterative, shuffled, dynamic: the paper's Sec. 3.3) step `teacher` over a pool of `image_shape` model
+    inputs: a given `pool`, the prepared pool at `pool_path`, or one prepared in memory. The baselines (Table 4)
     train on an image set; `encode` maps a batch of real images to model inputs (a latent space's first stage):
     data_based then encodes every batch, data_limited encodes the real set once.
     """

@@ -1,4 +1,5 @@
-"""Teacher data sources (METHOD §3, §5, §6): iterative, shuffled iterative, dynamic iterative, random discard.
+"""Teacher data sources (the paper's Sec. 3.3; discard: supplementary §11): iterative, shuffled iterative,
+dynamic iterative, random discard.
 
 All three are one mechanism over a pool of (s, x) entries: each iteration selects entries (all of them, or |B|
 drawn uniformly without replacement), recycles finished ones (s == 0) to fresh noise at s = T, runs one teacher

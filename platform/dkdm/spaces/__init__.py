@@ -1,4 +1,5 @@
-"""The space a profile's diffusion runs in: pixels (paper §4) or a first stage's latents (§5.4, LDM teachers).
+"""The space a profile's diffusion runs in: pixels, or a first stage's latents (the paper's LDM teachers: Table 9,
+supplementary §10).
 
 A space knows the model-input shape, how to build the process, how to load the teacher (and the first stage), how
 images become model inputs and back, and how to sample; nothing stage-specific. Every stage is written once against
@@ -7,6 +8,7 @@ images become model inputs and back, and how to sample; nothing stage-specific. 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -82,6 +84,25 @@ class Space(Protocol):
                    batch_size: int, seed: int, clip_denoised: bool, device: torch.device, progress: bool) -> Path:
         """The teacher's set D' as stored model inputs (resumable)."""
         ...
+
+
+@dataclass(frozen=True)
+class SpaceSampler:
+    """One sampler of a space (steps, DDIM or not, eta, clipping) bound to a process: the `ImageSampler` that a
+    periodic FD' draws a student's images with."""
+
+    space: Space
+    process: Process
+    steps: str
+    use_ddim: bool
+    eta: float
+    clip_denoised: bool
+
+    def sample_images(self, model: nn.Module, n: int, *, batch_size: int, seed: int,
+                      device: torch.device | str) -> np.ndarray:
+        return self.space.sample(model, self.process, n, steps=self.steps, use_ddim=self.use_ddim, eta=self.eta,
+                                 clip_denoised=self.clip_denoised, batch_size=batch_size, seed=seed,
+                                 device=torch.device(device))
 
 
 def space_for(settings: Settings, name: SpaceName | None = None) -> Space:

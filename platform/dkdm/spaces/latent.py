@@ -1,4 +1,5 @@
-"""Latent space (paper §5.4): the networks see a frozen first stage's latents; images are encoded and decoded.
+"""Latent space (the paper's LDM teachers, Table 9): the networks see a frozen first stage's latents; images are
+encoded and decoded.
 
 Images keep the data stage's size (the digits stay 8x8, so the features stage and its statistics are the pixel
 pipeline's own). When the first stage works on larger images (vq-f4-digits: 16x16), images are upsampled by nearest
@@ -199,7 +200,7 @@ class LatentSpace:
     def sampling_steps(self, process: Process, steps: str, use_ddim: bool) -> int:
         count = steps.removeprefix("ddim")
         if use_ddim and count and not count.isdigit():
-            # Settings validate evaluate/reference respacing of latent profiles, so only `dkdm sample --steps` gets here.
+            # Settings validate a latent profile's evaluate/reference respacing: only `dkdm sample --steps` gets here.
             raise DkdmError(f"--steps: {steps!r} is not a step count; a latent checkpoint takes DDIM steps like '50'")
         return int(count) if use_ddim and count else process.num_timesteps
 

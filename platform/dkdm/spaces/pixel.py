@@ -1,4 +1,4 @@
-"""Pixel space (paper §4): the networks see the images themselves, in [-1, 1]."""
+"""Pixel space: the networks see the images themselves, in [-1, 1]."""
 from __future__ import annotations
 
 from collections.abc import Mapping

@@ -1,11 +1,12 @@
 """Stage `distill@<run>`: one student of distill.runs, by DKDM (dynamic / shuffled / iterative, the teacher in the
-loop, paper §4) or by a baseline (data_free / data_limited / data_based, ordinary training on a set, §5.1), in the
+loop, the paper's Sec. 3.3) or by a baseline (data_free / data_limited / data_based, ordinary training on a
+set, Table 4), in the
 profile's space.
 
 The student is written to outputs/students/<run>/ (safetensors + JSON sidecar, EMA weights by default) and
 registered in the MLflow model registry as `dkdm-student-<profile>-<method>`. In latent space the first stage is
 loaded with counters on its encoder and decoder: the encoder count (zero for every DKDM method and for data_free,
-the point of §5.4) goes to the run record, MLflow and the evaluation's metrics.json.
+why DKDM trains faster there, supplementary §10) goes to the run record, MLflow and the evaluation's metrics.json.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 
 from dkdm.console import Context, summary
 from dkdm.errors import DkdmError
-from dkdm.spaces import Space, space_for
+from dkdm.spaces import Space, SpaceSampler, space_for
 from dkdm.stages.common import (
     CURVES_DIR,
     POOL_FILE,
@@ -93,19 +94,15 @@ def early_stop_metric(ctx: Context, space: Space, config: DistillConfig) -> Eval
     student data-free; None when the run does not evaluate periodically."""
     if not config.eval_every:
         return None
-    from training.eval.early_stop import fd_metric
+    from training.eval.early_stop import make_fd_metric
 
     settings = ctx.settings
     ev = settings.evaluate
     extractor, stats, name = periodic_fd_teacher(ctx, config)
-    process = space.process(None, ctx.device)
-
-    def generate(model: nn.Module):
-        return space.sample(model, process, settings.distill.eval_samples, steps=ev.respacing, use_ddim=ev.use_ddim,
-                            eta=ev.eta, clip_denoised=ev.clip_denoised, batch_size=ev.batch_size, seed=ev.seed,
-                            device=ctx.device)
-
-    return fd_metric(generate, extractor, stats, metric_name=name, batch_size=settings.features.batch_size)
+    sampler = SpaceSampler(space, space.process(None, ctx.device), steps=ev.respacing, use_ddim=ev.use_ddim,
+                           eta=ev.eta, clip_denoised=ev.clip_denoised)
+    return make_fd_metric(extractor, stats, sampler, n_samples=settings.distill.eval_samples,
+                          batch_size=ev.batch_size, seed=ev.seed, device=ctx.device, metric_name=name)
 
 
 def run(ctx: Context, run_name: str, *, allowed: tuple[str, ...] | None) -> None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -33,24 +33,34 @@ from dkdm.stages.common import (
 from dkdm.tracking import NullRunTracker, RunTracker, start_run, student_model_name
 
 
-def _target(ctx: Context, run: str | None, checkpoint: Path | None, teacher: bool) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Target:
+    """What one evaluation scores: a run's student, the teacher, or any checkpoint."""
+
+    name: str
+    file: Path
+    method: str | None
+    preset: str | None
+    out: Path
+
+
+def _target(ctx: Context, run: str | None, checkpoint: Path | None, teacher: bool) -> Target:
     settings = ctx.settings
     chosen = sum([run is not None, checkpoint is not None, teacher])
     if chosen != 1:
         raise DkdmError("evaluate: give exactly one of --run NAME, --teacher or --checkpoint PATH")
     if teacher:
-        return {"name": "teacher", "file": require(TEACHER_FILE, "dkdm teacher"), "method": "teacher",
-                "preset": settings.teacher.preset, "out": evaluation_dir("teacher")}
+        return Target("teacher", require(TEACHER_FILE, "dkdm teacher"), "teacher", settings.teacher.preset,
+                      evaluation_dir("teacher"))
     if checkpoint is not None:
         if not checkpoint.is_file():
             raise DkdmError(f"--checkpoint: file {checkpoint} does not exist")
-        return {"name": checkpoint.stem, "file": checkpoint, "method": None, "preset": None,
-                "out": Path("evaluations") / checkpoint.stem}
+        return Target(checkpoint.stem, checkpoint, None, None, Path("evaluations") / checkpoint.stem)
     runs = settings.distill.runs
     if run not in runs:
         raise DkdmError(f"--run: {run!r} is not in distill.runs ({', '.join(runs) or 'none defined'})")
-    return {"name": run, "file": require(student_file(run), f"dkdm distill --run {run}"),
-            "method": runs[run].method, "preset": settings.distill.student_for(run), "out": evaluation_dir(run)}
+    return Target(run, require(student_file(run), f"dkdm distill --run {run}"), runs[run].method,
+                  settings.distill.student_for(run), evaluation_dir(run))
 
 
 def _backfill_lineage(ctx: Context, run: str, tracker: RunTracker | NullRunTracker) -> dict[str, str]:
@@ -106,7 +116,7 @@ def run(ctx: Context, *, run: str | None = None, checkpoint: Path | None = None,
     extractor = make_extractor(settings, ctx.device)
     real_stats = load_reference_stats(require(REAL_STATS_FILE, "dkdm features"), expected_space=extractor.space)
     teacher_stats = load_reference_stats(require(TEACHER_STATS_FILE, "dkdm reference"), expected_space=extractor.space)
-    model, process, _ = space.load_model(target["file"], ctx.device, ema=ev.use_ema)
+    model, process, _ = space.load_model(target.file, ctx.device, ema=ev.use_ema)
     steps = space.sampling_steps(process, ev.respacing, ev.use_ddim)
 
     def generate(n: int, seed: int) -> np.ndarray:
@@ -115,12 +125,12 @@ def run(ctx: Context, *, run: str | None = None, checkpoint: Path | None = None,
                                 clip_denoised=ev.clip_denoised, batch_size=min(ev.batch_size, max(n, 1)), seed=seed,
                                 device=ctx.device, progress=ctx.progress_enabled and n > 1)
 
-    out_dir: Path = target["out"]
+    out_dir = target.out
     out_dir.mkdir(parents=True, exist_ok=True)
-    tags = {"dkdm.dvc.teacher_md5": locked_md5("teacher", str(TEACHER_FILE.parent)), "dkdm.run": target["name"],
+    tags = {"dkdm.dvc.teacher_md5": locked_md5("teacher", str(TEACHER_FILE.parent)), "dkdm.run": target.name,
             "dkdm.space": space.name}
-    with start_run(settings, stage="evaluate", run_name=f"evaluate-{target['name']}", method=target["method"],
-                   student=target["preset"], tags={k: v for k, v in tags.items() if v}) as tracker:
+    with start_run(settings, stage="evaluate", run_name=f"evaluate-{target.name}", method=target.method,
+                   student=target.preset, tags={k: v for k, v in tags.items() if v}) as tracker:
         if run is not None:
             tracker.set_tags(_backfill_lineage(ctx, run, tracker))
         reset_peak_memory(ctx.device)
@@ -143,8 +153,8 @@ def run(ctx: Context, *, run: str | None = None, checkpoint: Path | None = None,
         metrics["sampling_steps"] = float(steps)
         metrics["num_samples"] = float(ev.num_samples)
         write_json(out_dir / "metrics.json", {k: float(v) for k, v in sorted(metrics.items())})
-        write_json(out_dir / "info.json", {"device_name": device_name(ctx.device), "checkpoint": str(target["file"]),
-                                           "method": target["method"], "preset": target["preset"],
+        write_json(out_dir / "info.json", {"device_name": device_name(ctx.device), "checkpoint": str(target.file),
+                                           "method": target.method, "preset": target.preset,
                                            "space": space.name, "sampler": "ddim" if ev.use_ddim else "ancestral"})
         tracker.set_tags({"device_name": device_name(ctx.device)})
         tracker.log_metrics(metrics, 0)
@@ -153,5 +163,5 @@ def run(ctx: Context, *, run: str | None = None, checkpoint: Path | None = None,
     shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())
                       if k.startswith(("fd", "fid", "precision", "recall", "is")))
     sampler = f"DDIM {steps} (eta {ev.eta})" if ev.use_ddim else f"{steps} ancestral steps"
-    summary(f"evaluate {target['name']}: {ev.num_samples} {space.name} samples, {sampler}: {shown} -> "
+    summary(f"evaluate {target.name}: {ev.num_samples} {space.name} samples, {sampler}: {shown} -> "
             f"{out_dir / 'metrics.json'}")

@@ -1,4 +1,5 @@
-"""Stage `pool`: the dynamic-iterative pool of round(rho*T)*b teacher states (paper §4.3), resumable, in either space.
+"""Stage `pool`: the dynamic-iterative pool of round(rho*T)*b teacher states (the paper's Sec. 3.3), resumable,
+in either space.
 
 The pool holds model inputs (images, or latents: rho = 4 in the paper's latent runs) prepared by the teacher's
 ancestral steps and stored in `distill.pool_dtype` (half precision halves its memory; the size is printed and

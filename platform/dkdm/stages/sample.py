@@ -30,7 +30,8 @@ def run(ctx: Context, *, checkpoint: Path, num: int, steps: str, ddim: bool, eta
     with torch.no_grad():
         images = space.sample(model, process, num, steps=steps, use_ddim=ddim, eta=eta, clip_denoised=True,
                               batch_size=batch_size, seed=seed, device=ctx.device, progress=ctx.progress_enabled)
-    label = (f"{count} DDIM steps (eta {eta})" if ddim else f"{count} ancestral steps") + (", decoded" if decoded else "")
+    label = f"{count} DDIM steps (eta {eta})" if ddim else f"{count} ancestral steps"
+    label += ", decoded" if decoded else ""
     out.parent.mkdir(parents=True, exist_ok=True)
     save_samples_npz(out, images)
     grid = grid or out.with_suffix(".png")

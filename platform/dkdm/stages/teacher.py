@@ -48,7 +48,8 @@ def train(ctx: Context, *, iterations: int | None = None) -> None:
             f"{result['final_loss']:.4f} -> {TEACHER_FILE}")
 
 
-def import_(ctx: Context, *, checkpoint: Path | None = None, preset: str | None = None, out: Path | None = None) -> None:
+def import_(ctx: Context, *, checkpoint: Path | None = None, preset: str | None = None,
+            out: Path | None = None) -> None:
     from dkdm.compat import check_preset
 
     settings = ctx.settings

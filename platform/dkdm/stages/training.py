@@ -1,4 +1,5 @@
-"""Training shared by the teacher and student stages of either space: build the run, resume, train, write the\ncheckpoint."""
+"""Training shared by the teacher and student stages of either space: build the run, resume, train, write the
+checkpoint."""
 from __future__ import annotations
 
 import hashlib
