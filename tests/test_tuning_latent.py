@@ -11,6 +11,11 @@ from typer.testing import CliRunner
 
 from tuning_helpers import FAST_TUNE_ENV, journal, load, study_runs
 
+# The latent-ci stages cut to what a study needs inputs from: quality is not under test here, the wiring is.
+SHORT_STAGES = {"DKDM_TEACHER__LATENT__FIRST_STAGE__TRAIN__ITERATIONS": "6", "DKDM_TEACHER__TRAIN__ITERATIONS": "6",
+                "DKDM_FEATURES__CLASSIFIER_EPOCHS": "1", "DKDM_REFERENCE__NUM_SAMPLES": "48",
+                "DKDM_TRACKING__SYSTEM_METRICS": "false"}
+
 
 def _cli(args: list[str]):
     from dkdm.cli import app
@@ -19,9 +24,10 @@ def _cli(args: list[str]):
 
 
 @pytest.mark.slow  # five latent-ci stages first (minutes on 2 shared cores)
+@pytest.mark.timeout(1800)
 def test_latent_ci_study_runs_after_the_pipeline_stages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    for key, value in {**FAST_TUNE_ENV, "DKDM_TRACKING__SYSTEM_METRICS": "false"}.items():
+    for key, value in {**FAST_TUNE_ENV, **SHORT_STAGES}.items():
         monkeypatch.setenv(key, value)
     for stage in ("data", "autoencoder", "teacher", "features", "reference"):
         done = _cli([stage, "--profile", "latent-ci"])

@@ -22,8 +22,8 @@ from training.distill.sources import BatchSource, DatasetSource, Encoder, PoolSo
 from training.distill.teacher import DiffusionTeacherStep, TeacherStep
 from training.train.distributed import DistContext
 from training.train.rng import make_generator
-from training.train.trainer import EvalFn, Trainer, TrainResult
 from training.train.tracker import Tracker
+from training.train.trainer import EvalFn, Trainer, TrainResult
 
 
 def _pool_for(config: DistillConfig, step: TeacherStep, num_timesteps: int, image_shape: tuple[int, ...],

@@ -16,8 +16,8 @@ from dkdm.spaces import Space
 from dkdm.stages.common import clear_work_dir, work_dir, write_csv
 from training.distill.config import DistillConfig
 from training.distill.sources import Encoder
-from training.train.trainer import EvalFn, Trainer
 from training.train.tracker import Tracker
+from training.train.trainer import EvalFn, Trainer
 
 LOSS_COLUMNS = ("step", "loss", "mse", "vb")
 
