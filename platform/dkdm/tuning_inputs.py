@@ -8,18 +8,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from dkdm.errors import DkdmError
 from dkdm.settings import Settings
-from dkdm.stages.common import CLASSIFIER_FILE, TEACHER_FILE, TEACHER_STATS_FILE, base_distill_config
+from dkdm.stages.common import (
+    CLASSIFIER_FILE,
+    TEACHER_FILE,
+    TEACHER_STATS_FILE,
+    base_distill_config,
+    make_extractor,
+)
 from dkdm.tuning_config import TuneSettings
 from dkdm.tuning_objective import TrialBudget, TuneInputs
-
-if TYPE_CHECKING:
-    from training.eval.extractor import FeatureExtractor
 
 __all__ = ["InputPaths", "base_distill_config", "budget_for", "check_paths", "default_method", "load_inputs",
            "num_timesteps"]
@@ -89,7 +91,7 @@ def load_inputs(settings: Settings, tune: TuneSettings, paths: InputPaths, devic
     respacing = ev.respacing if tune.eval_respacing is None else tune.eval_respacing
     sampler = SpaceSampler(space, process, steps=respacing, use_ddim=ev.use_ddim, eta=ev.eta,
                            clip_denoised=ev.clip_denoised)
-    extractor = make_extractor_at(settings, paths.classifier, device)
+    extractor = make_extractor(settings, device, paths.classifier)
     stats = load_reference_stats(paths.teacher_stats, expected_space=extractor.space)
     metric = extractor.metric_names.against_teacher(extractor.metric_names.fd)
     return TuneInputs(
@@ -99,13 +101,3 @@ def load_inputs(settings: Settings, tune: TuneSettings, paths: InputPaths, devic
         device=device,
     )
 
-
-def make_extractor_at(settings: Settings, classifier: Path, device: torch.device) -> FeatureExtractor:
-    """The profile's feature network, with the digits classifier read from `classifier` (--classifier)."""
-    if settings.features.kind == "digits":
-        from training.eval import DigitsFeatureExtractor
-
-        return DigitsFeatureExtractor.from_file(classifier, device=device)
-    from training.eval import InceptionFeatureExtractor
-
-    return InceptionFeatureExtractor(settings.features.inception_weights, device=device)

@@ -132,13 +132,14 @@ def nhwc_to_model(images: np.ndarray) -> torch.Tensor:
     return to_model_range(images)
 
 
-def make_extractor(settings: Settings, device: torch.device) -> FeatureExtractor:
-    """The feature network of the profile: the digits classifier, or Inception (weights path from settings)."""
+def make_extractor(settings: Settings, device: torch.device, classifier: Path = CLASSIFIER_FILE) -> FeatureExtractor:
+    """The feature network of the profile: the digits classifier (at `classifier`), or Inception (weights path from
+    settings)."""
     if settings.features.kind == "digits":
         from training.eval.features import DigitsFeatureExtractor
 
-        require(CLASSIFIER_FILE, "dkdm features")
-        return DigitsFeatureExtractor.from_file(CLASSIFIER_FILE, device=device)
+        require(classifier, "dkdm features")
+        return DigitsFeatureExtractor.from_file(classifier, device=device)
     from training.eval.inception import InceptionFeatureExtractor
 
     return InceptionFeatureExtractor(settings.features.inception_weights, device=device)
