@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import importlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dkdm.console import Context, summary
 from dkdm.errors import DkdmError
@@ -30,6 +30,10 @@ from dkdm.stages.common import (
     write_json,
 )
 from dkdm.tracking import start_run
+
+if TYPE_CHECKING:
+    from dkdm.settings import Settings
+    from training.diffusion import GaussianDiffusion
 
 SHARED_STAGES = ("data", "teacher", "features", "reference")
 OUT = Path("outputs")
@@ -120,6 +124,11 @@ def teacher_eval(ctx: Context, params: ExperimentParams) -> dict[str, Any]:
     return result
 
 
+def make_diffusion(settings: Settings, respacing: str) -> GaussianDiffusion:
+    """The profile's (pixel: the reproduction is pixel-only) process, respaced for the curve's sampler."""
+    return PixelSpace(settings).process({**settings.diffusion.to_dict(), "timestep_respacing": respacing})
+
+
 class CurveRecorder:
     """The periodic evaluation: FD and FD' of the EMA student on a fixed sample budget and seed, kept as CSV."""
 
@@ -133,8 +142,7 @@ class CurveRecorder:
                 self.rows = [{k: int(float(v)) if k == "step" else float(v) for k, v in row.items()}
                              for row in csv.DictReader(handle)]
         self.extractor, self.real, self.teacher = _scorer(ctx)
-        self.diffusion = PixelSpace(ctx.settings).process(
-            {**ctx.settings.diffusion.to_dict(), "timestep_respacing": _eval_respacing(ctx)})
+        self.diffusion = make_diffusion(ctx.settings, _eval_respacing(ctx))
         self.names = self.extractor.metric_names
 
     def __call__(self, step: int, model: Any) -> dict[str, float]:
