@@ -26,6 +26,7 @@ SpaceName = Literal["pixel", "latent"]
 
 class Space(Protocol):
     name: SpaceName
+    inputs_name: str  # what the networks see, for messages: "images" or "latents"
     synthesis_ddim: bool  # D' is drawn with DDIM (latent, the paper's DDIM-100) or ancestral steps (pixel, IDDPM)
 
     def model_shape(self) -> tuple[int, int, int]:

@@ -122,6 +122,7 @@ def sample_latents(model: nn.Module, diffusion: LatentDiffusion, n: int, *, shap
 
 class LatentSpace:
     name = "latent"
+    inputs_name = "latents"
     synthesis_ddim = True
 
     def __init__(self, settings: Settings) -> None:

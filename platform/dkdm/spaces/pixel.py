@@ -23,6 +23,7 @@ def _respacing(steps: str, use_ddim: bool) -> str:
 
 class PixelSpace:
     name = "pixel"
+    inputs_name = "images"
     synthesis_ddim = False
 
     def __init__(self, settings: Settings) -> None:

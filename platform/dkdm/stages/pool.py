@@ -54,6 +54,6 @@ def run(ctx: Context, *, out: Path | None = None) -> None:
                              "pool_seconds": ctx.elapsed()}, 0)
         tracker.set_tags({"dkdm.pool.settings": json.dumps(meta.get("settings", {}), sort_keys=True)[:5000]})
     clear_work_dir(folder)
-    summary(f"prepare-pool: {entries} {space.name} entries {shape} in {config.pool_dtype} = {nbytes} bytes "
+    summary(f"prepare-pool: {entries} {space.inputs_name} {shape} in {config.pool_dtype} = {nbytes} bytes "
             f"({nbytes / 2**20:.2f} MiB; rho {d.rho}, T {diffusion.num_timesteps}, b {d.train.batch_size}) in "
             f"{ctx.elapsed():.0f}s -> {out}")
