@@ -18,15 +18,11 @@ from dataclasses import dataclass, replace
 import torch
 
 from training.diffusion.ldm import LatentDiffusion
-from training.distill.latent import (
-    EncodingSource,
-    LatentTeacherStep,
-    latent_dkdm_loss_fn,
-    latent_simple_loss_fn,
-    pool_nbytes,
-)
+from training.distill.latent import first_stage_encoder, pool_nbytes
+from training.distill.objective import dkdm_loss_fn, hybrid_loss_fn
 from training.distill.pool import DTYPES, noise_pool
-from training.distill.sources import PoolSource
+from training.distill.sources import DatasetSource, PoolSource
+from training.distill.teacher import DiffusionTeacherStep
 from training.models.latent_presets import get_latent_preset
 from training.models.ldm_unet import LDMUNet
 from training.models.vq import VQModel
@@ -101,14 +97,14 @@ def main() -> None:
     pool = noise_pool(n_pool, scale.latent_shape, diffusion.num_timesteps, dtype=DTYPES[args.pool_dtype],
                       device=device, generator=gen)
     pool.s.copy_(torch.randint(1, diffusion.num_timesteps + 1, (n_pool,), generator=gen, device=device))
-    step = LatentTeacherStep(teacher, diffusion, precision=args.precision)
+    step = DiffusionTeacherStep(teacher, diffusion, clip_denoised=False, precision=args.precision)
     source = PoolSource(pool, step, batch_size=scale.batch_size, select_all=False,
                         select_generator=torch.Generator().manual_seed(args.seed + 1),
                         noise_generator=torch.Generator(device=device).manual_seed(args.seed + 2))
     with device:
         student = LDMUNet.from_config(get_latent_preset(scale.student))
     initial = {k: v.clone() for k, v in student.state_dict().items()}
-    trainer = Trainer(student, config, source, latent_dkdm_loss_fn(), device=device)
+    trainer = Trainer(student, config, source, dkdm_loss_fn(diffusion), device=device)
     results["dkdm"] = _timed(trainer, args.warmup, args.iters, device) * 100.0 / args.iters
     if device.type == "cuda":
         results["dkdm_peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -124,12 +120,12 @@ def main() -> None:
                            generator=torch.Generator().manual_seed(args.seed + 3))
     if device.type == "cuda":
         images = images.pin_memory()
-    source = EncodingSource(images, vq, diffusion, batch_size=scale.batch_size, device=device,
-                            generator=torch.Generator().manual_seed(args.seed + 4),
-                            noise_generator=torch.Generator(device=device).manual_seed(args.seed + 5),
-                            precision=args.precision)
+    source = DatasetSource(images, diffusion.num_timesteps, batch_size=scale.batch_size, device=device,
+                           generator=torch.Generator().manual_seed(args.seed + 4),
+                           noise_generator=torch.Generator(device=device).manual_seed(args.seed + 5),
+                           encode=first_stage_encoder(vq, diffusion, device=device, precision=args.precision))
     student.load_state_dict(initial)
-    trainer = Trainer(student, config, source, latent_simple_loss_fn(diffusion), device=device)
+    trainer = Trainer(student, config, source, hybrid_loss_fn(diffusion), device=device)
     results["data_based"] = _timed(trainer, args.warmup, args.iters, device) * 100.0 / args.iters
     if device.type == "cuda":
         results["data_based_peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20

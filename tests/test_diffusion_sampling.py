@@ -66,11 +66,11 @@ def test_sample_respects_shape_and_batch(shape):
 def test_ddim_eta0_is_deterministic_given_start_noise_and_batch_independent():
     diffusion = create_diffusion(timestep_respacing="ddim10")
     start = torch.randn((4, 3, 8, 8), generator=_gen(5))
-    run = lambda seed, x: diffusion.sample(toy_network, tuple(x.shape), generator=_gen(seed), device="cpu", use_ddim=True, start_noise=x)  # noqa: E731
+    run = lambda seed, x: diffusion.sample(toy_network, tuple(x.shape), generator=_gen(seed), device="cpu", use_ddim=True, noise=x)  # noqa: E731
     together = run(0, start)
     assert torch.equal(together, run(123, start))
     torch.testing.assert_close(torch.cat([run(7, start[:2]), run(8, start[2:])]), together, rtol=0, atol=1e-6)
-    noisy = diffusion.sample(toy_network, (4, 3, 8, 8), generator=_gen(123), device="cpu", use_ddim=True, eta=0.5, start_noise=start)
+    noisy = diffusion.sample(toy_network, (4, 3, 8, 8), generator=_gen(123), device="cpu", use_ddim=True, eta=0.5, noise=start)
     assert (noisy - together).abs().max() > 1e-2
 
 
@@ -169,8 +169,8 @@ def test_bad_inputs_give_clear_errors():
         diffusion.p_mean_variance(toy_network, x, torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match=r"model output has shape \(2, 3, 4, 4\), expected \(2, 6, 4, 4\)"):
         diffusion.p_mean_variance(lambda x, tm: x, x, torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match="start_noise has shape"):
-        diffusion.sample(toy_network, (2, 3, 4, 4), generator=_gen(0), device="cpu", start_noise=torch.zeros(1, 3, 4, 4))
+    with pytest.raises(ValueError, match="noise has shape"):
+        diffusion.sample(toy_network, (2, 3, 4, 4), generator=_gen(0), device="cpu", noise=torch.zeros(1, 3, 4, 4))
 
 
 @pytest.mark.cuda

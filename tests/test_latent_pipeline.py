@@ -126,7 +126,7 @@ def test_paper_profiles_without_the_checkpoint_exit_2(workdir, name, command):
 def test_nearest_upsample_then_area_decode_is_exact():
     """The CPU profiles upsample 8x8 digits to 16x16 for the first stage; decoding averages back. With an identity
     'first stage' the round trip must return the very bytes (no resampling blur enters the evaluation)."""
-    from dkdm.stages.latent import decode_to_images, upsample
+    from dkdm.spaces.latent import decode_to_images, upsample
     from training.data import to_model_range
 
     images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 1), dtype=np.uint8)
@@ -148,7 +148,7 @@ def test_nearest_upsample_then_area_decode_is_exact():
 
 
 def test_latent_samples_do_not_depend_on_the_batch_size():
-    from dkdm.stages.latent import sample_latents
+    from dkdm.spaces.latent import sample_latents
     from training.diffusion.ldm import LatentDiffusion
     from training.models import create_model, get_preset
 
@@ -198,7 +198,7 @@ def _released_checkpoint(path: Path, diffusion) -> Path:
 
 
 def test_released_layout_checkpoint_imports_through_the_stages(workdir):
-    from dkdm.stages.latent import AUTOENCODER_INFO, FIRST_STAGE_FILE, load_latent_model
+    from dkdm.spaces.latent import AUTOENCODER_INFO, FIRST_STAGE_FILE, load_latent_model
     from training.diffusion.ldm import LatentDiffusion
     from training.models import create_model, get_preset, load_checkpoint
 

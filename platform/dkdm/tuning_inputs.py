@@ -8,14 +8,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from dkdm.errors import DkdmError
-from dkdm.stages.common import CLASSIFIER_FILE, LEARNED_FILE, TEACHER_FILE, TEACHER_STATS_FILE
+from dkdm.settings import Settings
+from dkdm.stages.common import (
+    CLASSIFIER_FILE,
+    LEARNED_FILE,
+    TEACHER_FILE,
+    TEACHER_STATS_FILE,
+    base_distill_config,
+    make_extractor,
+)
 from dkdm.tuning_config import TuneSettings
 from dkdm.tuning_objective import TrialBudget, TuneInputs
+
+__all__ = ["InputPaths", "base_distill_config", "budget_for", "check_paths", "default_method", "load_inputs",
+           "num_timesteps"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +40,7 @@ class InputPaths:
         return InputPaths(**{k: (values.get(k) or getattr(self, k)) for k in keys})
 
 
-def check_paths(settings: Any, paths: InputPaths) -> None:
+def check_paths(settings: Settings, paths: InputPaths) -> None:
     """Every missing input as one line, before any work."""
     needed = [("teacher", paths.teacher), ("teacher_stats", paths.teacher_stats)]
     if settings.features.kind == "digits":
@@ -43,7 +53,7 @@ def check_paths(settings: Any, paths: InputPaths) -> None:
                             f"(or pass --{name.replace('_', '-')})")
 
 
-def budget_for(settings: Any, tune: TuneSettings) -> TrialBudget:
+def budget_for(settings: Settings, tune: TuneSettings) -> TrialBudget:
     iterations = tune.iterations or settings.distill.train.iterations
     eval_every = tune.eval_every or max(1, iterations // 4)
     if eval_every > iterations:
@@ -53,15 +63,7 @@ def budget_for(settings: Any, tune: TuneSettings) -> TrialBudget:
                        eval_seed=tune.eval_seed, max_skipped_fraction=tune.max_skipped_fraction)
 
 
-def base_distill_config(settings: Any) -> Any:
-    from training.distill.config import DistillConfig
-
-    d = settings.distill
-    return DistillConfig(**d.train.model_dump(), method="dynamic", rho=d.rho, teacher_batch_size=d.teacher_batch_size,
-                         pool_dtype=d.pool_dtype, clip_denoised=d.clip_denoised)
-
-
-def default_method(settings: Any) -> str:
+def default_method(settings: Settings) -> str:
     """The profile's DKDM method: the first pool-based run of distill.runs (dynamic when there is none)."""
     from training.distill.config import POOL_METHODS
 
@@ -71,44 +73,36 @@ def default_method(settings: Any) -> str:
     return "dynamic"
 
 
-def num_timesteps(settings: Any) -> int:
+def num_timesteps(settings: Settings) -> int:
     from training.diffusion.respace import space_timesteps
 
     cfg = settings.diffusion
     return len(space_timesteps(cfg.steps, cfg.timestep_respacing)) if cfg.timestep_respacing else cfg.steps
 
 
-def load_inputs(settings: Any, tune: TuneSettings, paths: InputPaths, device: torch.device) -> TuneInputs:
-    from training.diffusion import create_diffusion
+def load_inputs(settings: Settings, tune: TuneSettings, paths: InputPaths, device: torch.device) -> TuneInputs:
+    """The profile's space decides what the networks see (images, or a first stage's latents) and how a trial's
+    student is sampled for FD' (the evaluation's sampler, decoded in latent space)."""
+    from dkdm.spaces import SpaceSampler, space_for
     from training.eval import load_reference_stats
-    from training.models import load_checkpoint
 
     check_paths(settings, paths)
-    teacher, _ = load_checkpoint(paths.teacher, ema=True, device=device)
-    diffusion = settings.diffusion.to_dict()
-    # Teacher and student walk the same process (settings checked the pair); build_run re-checks it.
-    student_diffusion = create_diffusion(**diffusion)
-    teacher_diffusion = create_diffusion(**diffusion)
-    respacing = settings.evaluate.respacing if tune.eval_respacing is None else tune.eval_respacing
-    eval_diffusion = create_diffusion(**{**diffusion, "timestep_respacing": respacing})
-    if settings.features.kind == "digits":
-        from training.eval import DigitsFeatureExtractor
-
-        extractor = DigitsFeatureExtractor.from_file(paths.classifier, device=device)
-    elif settings.features.kind == "learned":
-        from training.eval.learned import LearnedFeatureExtractor
-
-        extractor = LearnedFeatureExtractor.from_file(paths.learned, device=device)
-    else:
-        from training.eval import InceptionFeatureExtractor
-
-        extractor = InceptionFeatureExtractor(settings.features.inception_weights, device=device)
+    space = space_for(settings)
+    teacher, _, _ = space.load_model(paths.teacher, device)
+    # Teacher and student walk the profile's process (settings checked the pair); build_run re-checks pixel ones.
+    diffusion = space.diffusion_config()
+    process = space.process(diffusion, device)
+    ev = settings.evaluate
+    respacing = ev.respacing if tune.eval_respacing is None else tune.eval_respacing
+    sampler = SpaceSampler(space, process, steps=respacing, use_ddim=ev.use_ddim, eta=ev.eta,
+                           clip_denoised=ev.clip_denoised)
+    extractor = make_extractor(settings, device, paths.classifier, paths.learned)
     stats = load_reference_stats(paths.teacher_stats, expected_space=extractor.space)
     metric = extractor.metric_names.against_teacher(extractor.metric_names.fd)
-    shape = (settings.data.channels, settings.data.image_size, settings.data.image_size)
     return TuneInputs(
-        teacher=teacher, teacher_diffusion=teacher_diffusion, student_diffusion=student_diffusion,
-        eval_diffusion=eval_diffusion, diffusion_config=dict(diffusion), extractor=extractor,
-        teacher_stats=stats, image_shape=shape, metric=metric, student_preset=settings.distill.student,
-        base_config=base_distill_config(settings), device=device,
+        teacher=teacher, teacher_diffusion=process, student_diffusion=process, eval_diffusion=sampler,
+        diffusion_config=dict(diffusion), extractor=extractor, teacher_stats=stats, image_shape=space.model_shape(),
+        metric=metric, student_preset=settings.distill.student, base_config=base_distill_config(settings),
+        device=device,
     )
+

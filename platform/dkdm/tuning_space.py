@@ -12,7 +12,7 @@ from typing import Any
 from dkdm.tuning_config import TuneSettings
 
 # The key that sets a preset's width, per family.
-WIDTH_KEYS = {"adm-unet": "num_channels", "dit": "hidden_size"}
+WIDTH_KEYS = {"adm-unet": "num_channels", "dit": "hidden_size", "ldm-unet": "model_channels"}
 # Candidate widths relative to the preset's own; the invalid ones are dropped per family.
 WIDTH_FACTORS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 # Rounding grain of the candidates: multiples of 8 keep widths friendly to tensor cores.

@@ -252,9 +252,9 @@ class GaussianDiffusion:
         eta: float = 0.0,
         clip_denoised: bool = True,
         progress: bool = False,
-        start_noise: Tensor | None = None,
+        noise: Tensor | None = None,
     ) -> Tensor:
-        """Run the full reverse chain from x_T ~ N(0, I) (or `start_noise`) and return x_0."""
+        """Run the full reverse chain from x_T ~ N(0, I) (or `noise`, the starting x_T) and return x_0."""
         return sample_loop(
             self,
             model,
@@ -265,7 +265,7 @@ class GaussianDiffusion:
             eta=eta,
             clip_denoised=clip_denoised,
             progress=progress,
-            start_noise=start_noise,
+            noise=noise,
         )
 
     # ---------------------------------------------------------------- training

@@ -3,17 +3,24 @@
 Sqrt-linear betas, eps-prediction with fixed (posterior) variance, no clipping of x0, float32 lookup tables, DDIM with
 LDM's "uniform" discretisation. The first stage is only used through `encode_first_stage` / `decode_first_stage`.
 All randomness comes from an explicit `torch.Generator`.
+
+It speaks the pixel process's interface (`GaussianDiffusion`): `p_mean_variance` returns `mean`, `variance`,
+`log_variance`, `pred_xstart` and `model_output`; `model_timesteps` / `timestep_map` (the identity: latent processes
+are never respaced, DDIM picks its own sub-steps); `training_losses` (`loss`, `mse`, `vb`); `sample`. So the DKDM
+teacher step, pool, sources and losses are the pixel ones.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from training.diffusion.losses import mean_flat
 
 SCHEDULE_BUFFERS = (
     "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
@@ -75,6 +82,8 @@ class LatentDiffusionConfig:
     scale_factor: float = 1.0
     beta_schedule: str = "ldm-linear"  # sqrt-linear betas (LDM calls them "linear")
     parameterization: str = "eps"
+    # Fixed variance: nothing to learn, so the DKDM objective has no KL term (a class constant, not a setting).
+    learn_sigma: ClassVar[bool] = False
 
     def to_dict(self) -> dict[str, float | int | str]:
         return asdict(self)
@@ -129,6 +138,7 @@ class LatentDiffusion(nn.Module):
         lvlb[0] = lvlb[1]
         # Only weights a logged (weight-0) vlb term; not part of a checkpoint.
         self.register_buffer("lvlb_weights", lvlb, persistent=False)
+        self.register_buffer("timestep_map", torch.arange(timesteps, dtype=torch.int64), persistent=False)
 
     # ---- lookups -------------------------------------------------------------------------------------------------
     @staticmethod
@@ -138,6 +148,10 @@ class LatentDiffusion(nn.Module):
     def _check_t(self, x: torch.Tensor, t: torch.Tensor) -> None:
         if t.dtype != torch.int64 or t.shape != (x.shape[0],):
             raise ValueError(f"t must be int64 of shape ({x.shape[0]},), got {t.dtype} {tuple(t.shape)}")
+
+    def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
+        """The network sees the process index itself (`timestep_map` is the identity)."""
+        return t
 
     # ---- forward process -----------------------------------------------------------------------------------------
     def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None, *,
@@ -160,28 +174,37 @@ class LatentDiffusion(nn.Module):
                 self._at(self.posterior_log_variance_clipped, t, x_t.ndim))
 
     # ---- ancestral (fixed-variance) step: the DKDM teacher step --------------------------------------------------
-    def p_mean_variance(self, model: EpsModel, x_t: torch.Tensor, t: torch.Tensor,
-                        model_output: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Posterior of x_{t-1} under the model's eps; x0 is not clipped (LDM's `clip_denoised=False`)."""
+    def p_mean_variance(self, model: EpsModel | None, x_t: torch.Tensor, t: torch.Tensor,
+                        clip_denoised: bool = False, model_output: torch.Tensor | None = None
+                        ) -> dict[str, torch.Tensor]:
+        """Posterior of x_{t-1} under the model's eps; x0 is not clipped unless asked (LDM never clips)."""
         self._check_t(x_t, t)
-        eps = model(x_t, t) if model_output is None else model_output
-        pred_x0 = self.predict_start_from_noise(x_t, t, eps)
-        mean, variance, log_variance = self.q_posterior(pred_x0, x_t, t)
-        return {"mean": mean, "variance": variance, "log_variance": log_variance, "pred_x0": pred_x0,
+        if model_output is None:
+            if model is None:
+                raise ValueError("p_mean_variance needs a model or a precomputed model_output")
+            model_output = model(x_t, t)
+        # The network may run under bf16 autocast; the process arithmetic stays float32.
+        eps = model_output.float()
+        pred_xstart = self.predict_start_from_noise(x_t, t, eps)
+        if clip_denoised:
+            pred_xstart = pred_xstart.clamp(-1, 1)
+        mean, variance, log_variance = self.q_posterior(pred_xstart, x_t, t)
+        return {"mean": mean, "variance": variance, "log_variance": log_variance, "pred_xstart": pred_xstart,
                 "model_output": eps}
 
-    def p_sample(self, model: EpsModel, x_t: torch.Tensor, t: torch.Tensor, *, noise: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None, model_output: torch.Tensor | None = None
-                 ) -> dict[str, torch.Tensor]:
-        """One ancestral step x_t -> x_{t-1}. Returns `sample` (x_{t-1}), `eps` (the network output, the DKDM loss
-        target), `pred_x0`, `mean`, `variance`, `log_variance`. No noise is added where t == 0."""
-        out = self.p_mean_variance(model, x_t, t, model_output=model_output)
+    def p_sample(self, model: EpsModel, x_t: torch.Tensor, t: torch.Tensor, clip_denoised: bool = False, *,
+                 noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                 model_output: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One ancestral step x_t -> x_{t-1}: `sample` plus the p_mean_variance entries. No noise where t == 0.
+
+        `eps` and `pred_x0` repeat `model_output` and `pred_xstart` under the LDM reference's names, which its
+        golden fixtures are keyed by."""
+        out = self.p_mean_variance(model, x_t, t, clip_denoised, model_output=model_output)
         if noise is None:
             noise = _randn_like(x_t, generator)
         nonzero = (t != 0).to(x_t.dtype).reshape(x_t.shape[0], *([1] * (x_t.ndim - 1)))
         sample = out["mean"] + nonzero * torch.exp(0.5 * out["log_variance"]) * noise
-        return {"sample": sample, "eps": out["model_output"], "pred_x0": out["pred_x0"], "mean": out["mean"],
-                "variance": out["variance"], "log_variance": out["log_variance"]}
+        return {"sample": sample, **out, "eps": out["model_output"], "pred_x0": out["pred_xstart"]}
 
     # ---- DDIM ----------------------------------------------------------------------------------------------------
     def ddim_schedule(self, steps: int, eta: float = 0.0) -> DDIMSchedule:
@@ -214,55 +237,51 @@ class LatentDiffusion(nn.Module):
         a_t, a_prev = coef(schedule.alphas), coef(schedule.alphas_prev)
         sigma, sqrt_one_minus = coef(schedule.sigmas), coef(schedule.sqrt_one_minus_alphas)
         eps = model(x, t)
-        pred_x0 = (x - sqrt_one_minus * eps) / a_t.sqrt()
-        x_prev = a_prev.sqrt() * pred_x0 + (1.0 - a_prev - sigma ** 2).sqrt() * eps
+        pred_xstart = (x - sqrt_one_minus * eps) / a_t.sqrt()
+        x_prev = a_prev.sqrt() * pred_xstart + (1.0 - a_prev - sigma ** 2).sqrt() * eps
         if float(schedule.sigmas[index]) != 0.0:
             if noise is None:
                 noise = _randn_like(x, generator)
             x_prev = x_prev + sigma * noise
-        return {"sample": x_prev, "pred_x0": pred_x0, "model_output": eps, "t": t}
+        # `pred_x0`: the LDM reference's name for pred_xstart, which its golden fixtures are keyed by.
+        return {"sample": x_prev, "pred_xstart": pred_xstart, "pred_x0": pred_xstart, "model_output": eps, "t": t}
 
     @torch.no_grad()
     def sample(self, model: EpsModel, shape: tuple[int, ...], *, generator: torch.Generator, steps: int = 200,
                eta: float = 0.0, progress: bool = False, device: torch.device | str | None = None,
-               noise: torch.Tensor | None = None) -> torch.Tensor:
-        """DDIM sampling of latents (the paper samples the students with 200 steps, eta 0). Not decoded."""
-        schedule = self.ddim_schedule(steps, eta)
+               noise: torch.Tensor | None = None, use_ddim: bool = True) -> torch.Tensor:
+        """Latents from x_T = `noise` (else drawn from `generator`), not decoded: DDIM with `steps` sub-steps (the
+        paper samples the students with 200, eta 0), or with `use_ddim` false the full T-step fixed-variance
+        ancestral chain (the one the DKDM pool walks). Later draws (eta > 0, ancestral noise) come from `generator`."""
         dev = torch.device(device) if device is not None else self.betas.device
         x = noise.to(dev) if noise is not None else torch.randn(shape, generator=generator, device=dev)
-        indices = range(len(schedule) - 1, -1, -1)
+        if use_ddim:
+            schedule = self.ddim_schedule(steps, eta)
+            indices = range(len(schedule) - 1, -1, -1)
+        else:
+            indices = range(self.num_timesteps - 1, -1, -1)
         if progress:
             from tqdm.auto import tqdm
-            indices = tqdm(indices, desc=f"DDIM {len(schedule)}")
+            indices = tqdm(indices, desc=f"DDIM {len(schedule)}" if use_ddim else "ancestral")
         for index in indices:
-            x = self.ddim_step(model, x, index, schedule, generator=generator)["sample"]
-        return x
-
-    @torch.no_grad()
-    def sample_ancestral(self, model: EpsModel, shape: tuple[int, ...], *, generator: torch.Generator,
-                         device: torch.device | str | None = None, progress: bool = False) -> torch.Tensor:
-        """Full T-step fixed-variance ancestral sampling (the chain the DKDM pool walks)."""
-        dev = torch.device(device) if device is not None else self.betas.device
-        x = torch.randn(shape, generator=generator, device=dev)
-        steps = range(self.num_timesteps - 1, -1, -1)
-        if progress:
-            from tqdm.auto import tqdm
-            steps = tqdm(steps, desc="ancestral")
-        for i in steps:
-            t = torch.full((shape[0],), i, dtype=torch.int64, device=dev)
-            x = self.p_sample(model, x, t, generator=generator)["sample"]
+            if use_ddim:
+                x = self.ddim_step(model, x, index, schedule, generator=generator)["sample"]
+            else:
+                t = torch.full((x.shape[0],), index, dtype=torch.int64, device=x.device)
+                x = self.p_sample(model, x, t, generator=generator)["sample"]
         return x
 
     # ---- training objective of the latent baselines --------------------------------------------------------------
     def training_losses(self, model: EpsModel, x_start: torch.Tensor, t: torch.Tensor,
                         noise: torch.Tensor | None = None, *, generator: torch.Generator | None = None
                         ) -> dict[str, torch.Tensor]:
-        """LDM's L_simple (eps MSE per sample) for training on latents of real or synthetic data."""
+        """LDM's L_simple (eps MSE per sample) for training on latents of real or synthetic data; `vb` is zero
+        (fixed variance)."""
         if noise is None:
             noise = _randn_like(x_start, generator)
         x_t = self.q_sample(x_start, t, noise)
-        mse = mean_flat((model(x_t, t) - noise) ** 2)
-        return {"loss": mse, "mse": mse}
+        mse = mean_flat((model(x_t, t).float() - noise) ** 2)
+        return {"loss": mse, "mse": mse, "vb": torch.zeros_like(mse)}
 
     # ---- first stage ---------------------------------------------------------------------------------------------
     def encode_first_stage(self, first_stage: FirstStage, x: torch.Tensor) -> torch.Tensor:
@@ -273,10 +292,6 @@ class LatentDiffusion(nn.Module):
                            ) -> torch.Tensor:
         """Latent -> image; quantises first unless `force_not_quantize` (as LDM does)."""
         return first_stage.decode(z / self.scale_factor, force_not_quantize=force_not_quantize)
-
-
-def mean_flat(x: torch.Tensor) -> torch.Tensor:
-    return x.mean(dim=list(range(1, x.ndim)))
 
 
 def latent_dkdm_loss(student: EpsModel, x_t: torch.Tensor, t: torch.Tensor, teacher_eps: torch.Tensor

@@ -24,7 +24,7 @@ def sample_loop(
     eta: float = 0.0,
     clip_denoised: bool = True,
     progress: bool = False,
-    start_noise: Tensor | None = None,
+    noise: Tensor | None = None,
 ) -> Tensor:
     """Denoise from x_T to x_0 over every step of `diffusion`; all randomness comes from `generator`.
 
@@ -38,12 +38,12 @@ def sample_loop(
     if len(shape) < 2 or min(shape) < 1:
         raise ValueError(f"shape must be (batch, channels, ...) with positive sizes, got {shape}")
     device = torch.device(device)
-    if start_noise is None:
+    if noise is None:
         x = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32).to(device)
     else:
-        if tuple(start_noise.shape) != shape:
-            raise ValueError(f"start_noise has shape {tuple(start_noise.shape)}, expected {shape}")
-        x = start_noise.to(device=device, dtype=torch.float32)
+        if tuple(noise.shape) != shape:
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {shape}")
+        x = noise.to(device=device, dtype=torch.float32)
 
     steps = range(diffusion.num_timesteps - 1, -1, -1)
     for i in tqdm(steps, desc="ddim" if use_ddim else "sampling", disable=not progress, leave=False):

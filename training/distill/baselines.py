@@ -1,4 +1,4 @@
-"""The paper's baselines (METHOD §7): a teacher-sampled synthetic set, the data-limited mix, and real data.
+"""The paper's baselines (Table 4): a teacher-sampled synthetic set, the data-limited mix, and real data.
 
 A synthetic set is a safetensors artifact: `images` (N, C, H, W) uint8 for pixel sets (as the official sampler
 saves them) or float16 for latent sets, plus JSON metadata. Batch i of the set is drawn from its own generator

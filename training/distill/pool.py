@@ -1,4 +1,5 @@
-"""The dynamic-iterative pool: preparation by the teacher (METHOD §4), resumable, stored as a safetensors artifact.
+"""The dynamic-iterative pool: preparation by the teacher (the paper's Sec. 3.3), resumable, stored as a
+safetensors artifact.
 
 An entry is (s, x): s is the index of the teacher step that produced x (s = T means fresh noise); the next time
 the entry is used, x is fed to the networks at index s - 1. Preparation starts every entry at s = T and walks it
@@ -51,6 +52,15 @@ class Pool:
     def __len__(self) -> int:
         return self.x.shape[0]
 
+
+
+def pool_nbytes(num_entries: int, shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    """Bytes the pool's entries take (plus 8 per int64 timestep)."""
+    per = int(torch.tensor([], dtype=dtype).element_size())
+    numel = 1
+    for d in shape:
+        numel *= int(d)
+    return num_entries * (numel * per + 8)
 
 
 def noise_pool(num_entries: int, image_shape: tuple[int, ...], num_timesteps: int, *, dtype: torch.dtype,

@@ -1,4 +1,5 @@
-"""Teacher data sources (METHOD §3, §5, §6): iterative, shuffled iterative, dynamic iterative, random discard.
+"""Teacher data sources (the paper's Sec. 3.3; discard: supplementary §11): iterative, shuffled iterative,
+dynamic iterative, random discard.
 
 All three are one mechanism over a pool of (s, x) entries: each iteration selects entries (all of them, or |B|
 drawn uniformly without replacement), recycles finished ones (s == 0) to fresh noise at s = T, runs one teacher
@@ -16,6 +17,7 @@ progress, and the pool never holds a state the student skipped.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Protocol
 
@@ -179,15 +181,19 @@ class PoolSource:
         self.noise_generator.set_state(state["noise_generator"])
 
 
+Encoder = Callable[[Tensor], Tensor]
+
+
 class DatasetSource:
     """Uniform-t batches of a fixed image set, reshuffled every epoch (baselines' ordinary training).
 
     `images` are uint8 in [0, 255] or float in [-1, 1], shape (N, C, H, W); they stay where they are and only
-    each batch moves to `device`.
+    each batch moves to `device`. With `encode` (latent data-based training) each batch is encoded under no_grad
+    before t and noise are drawn for it, as LDM's training does every step; `stats()` counts the encoded images.
     """
 
     def __init__(self, images: Tensor, num_timesteps: int, *, batch_size: int, device: torch.device,
-                 generator: torch.Generator, noise_generator: torch.Generator) -> None:
+                 generator: torch.Generator, noise_generator: torch.Generator, encode: Encoder | None = None) -> None:
         if images.ndim != 4 or images.shape[0] == 0:
             raise ValueError(f"dataset must be a non-empty (N, C, H, W) tensor, got shape {tuple(images.shape)}")
         self.images = images
@@ -196,9 +202,11 @@ class DatasetSource:
         self.device = torch.device(device)
         self.generator = generator
         self.noise_generator = noise_generator
+        self.encode = encode
         self._order = torch.randperm(images.shape[0], generator=generator)
         self._position = 0
         self.epochs = 0
+        self.encoded = 0
 
     def _take(self, n: int) -> Tensor:
         picked: list[Tensor] = []
@@ -214,26 +222,35 @@ class DatasetSource:
         return torch.cat(picked)
 
     def next_batch(self) -> DataBatch:
-        x = self.images[self._take(self.batch_size)].to(self.device)
+        x = self.images[self._take(self.batch_size)].to(self.device, non_blocking=True)
         x = x.float() / 127.5 - 1.0 if x.dtype == torch.uint8 else x.float()
+        if self.encode is not None:
+            with torch.no_grad():
+                x = self.encode(x).float()
+            self.encoded += x.shape[0]
         t = torch.randint(0, self.num_timesteps, (x.shape[0],), generator=self.generator).to(self.device)
         noise = torch.randn(x.shape, generator=self.noise_generator,
                             device=self.noise_generator.device).to(self.device)
         return DataBatch(x, t, noise)
 
     def stats(self) -> dict[str, float]:
-        return {"epochs": float(self.epochs)}
+        stats = {"epochs": float(self.epochs)}
+        if self.encode is not None:
+            stats["encoded_images"] = float(self.encoded)
+        return stats
 
     def state_tensors(self) -> dict[str, Tensor]:
         return {
             "order": self._order,
-            "counters": torch.tensor([self._position, self.epochs], dtype=torch.int64),
+            "counters": torch.tensor([self._position, self.epochs, self.encoded], dtype=torch.int64),
             "generator": self.generator.get_state(),
             "noise_generator": self.noise_generator.get_state(),
         }
 
     def load_state_tensors(self, state: dict[str, Tensor]) -> None:
         self._order = state["order"].clone()
-        self._position, self.epochs = (int(v) for v in state["counters"])
+        counters = [int(v) for v in state["counters"]]
+        self._position, self.epochs = counters[:2]
+        self.encoded = counters[2] if len(counters) > 2 else 0  # resume states written before encoding was counted
         self.generator.set_state(state["generator"])
         self.noise_generator.set_state(state["noise_generator"])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -13,6 +13,14 @@ from training.eval.extractor import FeatureExtractor
 from training.eval.metrics import feature_statistics, frechet_distance
 from training.eval.sampling import generate_samples
 from training.eval.stats import ReferenceStats
+
+
+@runtime_checkable
+class ImageSampler(Protocol):
+    """Draws uint8 NHWC images from a model by its own rule (a latent space samples latents and decodes them)."""
+
+    def sample_images(self, model: nn.Module, n: int, *, batch_size: int, seed: int,
+                      device: torch.device | str) -> np.ndarray: ...
 
 
 def make_fd_metric(
@@ -30,6 +38,8 @@ def make_fd_metric(
 ) -> Callable[[int, nn.Module], dict[str, float]]:
     """`eval_fn(step, model) -> {metric_name: FD}` on `n_samples` fresh samples against `reference_stats`.
 
+    `diffusion` is a (respaced) pixel process sampled here, or an `ImageSampler` that samples by its own rule.
+
     Every call draws from the same seed, so successive scores differ by the model only, not by the
     noise. With teacher-sample statistics this is FD' (the paper's D'), to be named e.g.
     `fd_digits_teacher`; a few hundred samples rank checkpoints, they do not reproduce a 50k score.
@@ -38,6 +48,8 @@ def make_fd_metric(
         raise ValueError(f"an FD needs at least 2 samples, got n_samples={n_samples}")
 
     def generate(model: nn.Module) -> np.ndarray:
+        if isinstance(diffusion, ImageSampler):
+            return diffusion.sample_images(model, n_samples, batch_size=batch_size, seed=seed, device=device)
         return generate_samples(model, diffusion, n_samples, batch_size=batch_size, seed=seed, device=device,
                                 use_ddim=use_ddim, progress=False, **shape)
 

@@ -14,10 +14,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ADMUNetConfig, parse_model_config
-from .nn import attention, batch_timesteps, normalization, timestep_embedding, zero_module
+from .nn import (
+    TimestepBlock,
+    TimestepSequential,
+    attention,
+    batch_timesteps,
+    normalization,
+    timestep_embedding,
+    zero_module,
+)
 
 
-class ResBlock(nn.Module):
+class ResBlock(TimestepBlock):
     """GN-SiLU-[resample]-conv, timestep (scale, shift) modulation, GN-SiLU-dropout-conv, plus a skip path."""
 
     def __init__(self, channels: int, emb_channels: int, dropout: float, out_channels: int, *,
@@ -105,15 +113,6 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
-
-
-class TimestepSequential(nn.Sequential):
-    """Sequential container that hands the timestep embedding to the residual blocks only."""
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        for layer in self:
-            x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
-        return x
 
 
 class ADMUNet(nn.Module):

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .nn import TimestepBlock, TimestepSequential
+
 FAMILY = "ldm-unet"
 
 
@@ -100,7 +102,7 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return emb
 
 
-class ResBlock(nn.Module):
+class ResBlock(TimestepBlock):
     def __init__(self, channels: int, emb_channels: int, out_channels: int, dropout: float,
                  use_scale_shift_norm: bool, use_checkpoint: bool) -> None:
         super().__init__()
@@ -196,15 +198,6 @@ class Upsample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2, mode="nearest")
         return self.conv(x) if self.use_conv else x
-
-
-class TimestepSequential(nn.Sequential):
-    """A block whose ResBlocks receive the time embedding and whose other layers do not."""
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        for layer in self:
-            x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
-        return x
 
 
 class LDMUNet(nn.Module):

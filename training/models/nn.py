@@ -61,3 +61,16 @@ def batch_timesteps(t: torch.Tensor | int | float, x: torch.Tensor) -> torch.Ten
     if t.ndim != 1 or t.shape[0] != x.shape[0]:
         raise ValueError(f"t: expected shape ({x.shape[0]},) for a batch of {x.shape[0]}, got {tuple(t.shape)}")
     return t
+
+
+class TimestepBlock(nn.Module):
+    """A layer that takes the timestep embedding besides x: the residual blocks of the ADM and LDM UNets."""
+
+
+class TimestepSequential(nn.Sequential):
+    """Sequential container that hands the timestep embedding to its `TimestepBlock`s only."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        for layer in self:
+            x = layer(x, emb) if isinstance(layer, TimestepBlock) else layer(x)
+        return x

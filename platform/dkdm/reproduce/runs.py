@@ -9,19 +9,18 @@ from __future__ import annotations
 import csv
 import importlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dkdm.console import Context, summary
 from dkdm.errors import DkdmError
 from dkdm.reproduce.params import ExperimentParams, distill_config, run_name
+from dkdm.spaces.pixel import PixelSpace
 from dkdm.stages.common import (
     REAL_STATS_FILE,
     SYNTHETIC_FILE,
     TEACHER_FILE,
     TEACHER_STATS_FILE,
     load_real_images,
-    load_teacher,
-    make_diffusion,
     make_extractor,
     nhwc_to_model,
     read_json,
@@ -31,6 +30,10 @@ from dkdm.stages.common import (
     write_json,
 )
 from dkdm.tracking import start_run
+
+if TYPE_CHECKING:
+    from dkdm.settings import Settings
+    from training.diffusion import GaussianDiffusion
 
 SHARED_STAGES = ("data", "teacher", "features", "reference")
 OUT = Path("outputs")
@@ -121,6 +124,11 @@ def teacher_eval(ctx: Context, params: ExperimentParams) -> dict[str, Any]:
     return result
 
 
+def make_diffusion(settings: Settings, respacing: str) -> GaussianDiffusion:
+    """The profile's (pixel: the reproduction is pixel-only) process, respaced for the curve's sampler."""
+    return PixelSpace(settings).process({**settings.diffusion.to_dict(), "timestep_respacing": respacing})
+
+
 class CurveRecorder:
     """The periodic evaluation: FD and FD' of the EMA student on a fixed sample budget and seed, kept as CSV."""
 
@@ -171,7 +179,7 @@ def _method_inputs(ctx: Context, method: str) -> dict[str, Any]:
     from training.distill.config import POOL_METHODS
 
     if method in POOL_METHODS:
-        teacher, _ = load_teacher(ctx.device)
+        teacher, _ = PixelSpace(ctx.settings).load_teacher(ctx.device)
         return {"teacher": teacher}  # the pool (dynamic: round(rho*T)*b states) is prepared in memory, seeded
     if method == "data_free":
         from training.distill.baselines import load_synthetic
@@ -199,7 +207,7 @@ def train_one(ctx: Context, params: ExperimentParams, variant: str, seed: int) -
     with start_run(settings, stage=stage, run_name=f"reproduce-{run_name(variant, seed)}", method=spec.method,
                    student=preset, tags=tags) as tracker:
         result = train_network(
-            ctx, name=f"reproduce-{run_name(variant, seed)}", preset=preset, config=config,
+            ctx, PixelSpace(settings), name=f"reproduce-{run_name(variant, seed)}", preset=preset, config=config,
             out_file=folder / "student.safetensors", tracker=tracker, loss_csv=folder / "train_log.csv",
             provenance={"source": "dkdm reproduce", "variant": variant, "method": spec.method, "seed": seed,
                         "teacher": settings.teacher.preset},

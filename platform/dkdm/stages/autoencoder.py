@@ -11,15 +11,16 @@ from pathlib import Path
 
 from dkdm.console import Context, summary
 from dkdm.errors import DkdmError
-from dkdm.stages.common import DATA_FILE, load_real_images, require, write_json
-from dkdm.stages.latent import (
+from dkdm.stages.common import (
     AUTOENCODER_DIR,
     AUTOENCODER_INFO,
-    ENCODE_BATCH,
+    DATA_FILE,
     FIRST_STAGE_FILE,
-    first_stage_images,
-    latent_shape,
+    load_real_images,
+    require,
+    write_json,
 )
+from dkdm.spaces.latent import ENCODE_BATCH, decode_to_images, first_stage_images, latent_shape
 from dkdm.stages.training import LossLog
 from dkdm.tracking import start_run
 
@@ -97,7 +98,6 @@ def _finish(ctx: Context, model, extra: dict) -> dict:
 
     import numpy as np
 
-    from dkdm.stages.latent import decode_to_images
     from training.diffusion.ldm import LatentDiffusion
     from training.train.first_stage import encode_all, scale_by_std
 

@@ -4,12 +4,21 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from pathlib import Path
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from dkdm.errors import DkdmError
-from dkdm.settings import Settings
+from dkdm.settings import RunSpec, Settings
+from training.distill.config import DistillConfig
+
+if TYPE_CHECKING:  # torch and numpy load only in the stages that run them
+    import numpy as np
+    import torch
+
+    from dkdm.console import Context
+    from training.eval.extractor import FeatureExtractor
+    from training.eval.stats import ReferenceStats
 
 OUT = Path("outputs")
 DATA_FILE = OUT / "data" / "dataset.npz"
@@ -24,6 +33,9 @@ SYNTHETIC_FILE = REFERENCE_DIR / "teacher_samples.safetensors"
 TEACHER_STATS_FILE = REFERENCE_DIR / "teacher_stats.safetensors"
 REFERENCE_METRICS = REFERENCE_DIR / "metrics.json"
 POOL_FILE = OUT / "pool" / "pool.safetensors"
+AUTOENCODER_DIR = OUT / "autoencoder"  # the first stage of latent profiles
+FIRST_STAGE_FILE = AUTOENCODER_DIR / "first_stage.safetensors"
+AUTOENCODER_INFO = AUTOENCODER_DIR / "info.json"
 STUDENTS_DIR = OUT / "students"
 EVALUATION_DIR = OUT / "evaluation"
 REPORT_DIR = OUT / "report"
@@ -33,7 +45,7 @@ WORK_DIR = Path(".dkdm") / "work"
 
 
 
-def run_spec(settings: Settings, run_name: str, allowed: Any = None) -> Any:
+def run_spec(settings: Settings, run_name: str, allowed: Sequence[str] | None = None) -> RunSpec:
     """The `distill.runs` entry named by `--run`, refused in one line when unknown or of a method the command
     does not train (`dkdm train` takes the baselines, `dkdm distill` the DKDM methods)."""
     runs = settings.distill.runs
@@ -104,33 +116,7 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-def diffusion_dict(settings: Settings, respacing: str | None = None) -> dict[str, Any]:
-    """The profile's diffusion as `create_diffusion` keyword arguments, optionally respaced."""
-    config = settings.diffusion.to_dict()
-    if respacing is not None:
-        config["timestep_respacing"] = respacing
-    return config
-
-
-def make_diffusion(settings: Settings, respacing: str | None = None):
-    from training.diffusion import create_diffusion
-
-    return create_diffusion(**diffusion_dict(settings, respacing))
-
-
-def load_teacher(device: Any, *, ema: bool = True):
-    """(teacher network, its checkpoint meta) from the pipeline's teacher checkpoint."""
-    from training.models import load_checkpoint
-
-    require(TEACHER_FILE, "dkdm teacher")
-    return load_checkpoint(TEACHER_FILE, ema=ema, device=device)
-
-
-def image_shape(settings: Settings) -> tuple[int, int, int]:
-    return (settings.data.channels, settings.data.image_size, settings.data.image_size)
-
-
-def load_real_images(settings: Settings):
+def load_real_images(settings: Settings) -> tuple[np.ndarray, np.ndarray | None]:
     """The data stage's uint8 NHWC images and labels (None when the dataset has none)."""
     import numpy as np
 
@@ -141,30 +127,39 @@ def load_real_images(settings: Settings):
     return images, labels
 
 
-def nhwc_to_model(images: Any):
+def nhwc_to_model(images: np.ndarray) -> torch.Tensor:
     from training.data import to_model_range
 
     return to_model_range(images)
 
 
-def make_extractor(settings: Settings, device: Any):
-    """The feature network of the profile: the digits classifier, the learned network, or Inception (weights path
-    from settings)."""
+def make_extractor(settings: Settings, device: torch.device, classifier: Path = CLASSIFIER_FILE,
+                   learned: Path = LEARNED_FILE) -> FeatureExtractor:
+    """The feature network of the profile: the digits classifier (at `classifier`), the learned network (at
+    `learned`), or Inception (weights path from settings)."""
     if settings.features.kind == "digits":
         from training.eval.features import DigitsFeatureExtractor
 
-        require(CLASSIFIER_FILE, "dkdm features")
-        return DigitsFeatureExtractor.from_file(CLASSIFIER_FILE, device=device)
+        require(classifier, "dkdm features")
+        return DigitsFeatureExtractor.from_file(classifier, device=device)
     if settings.features.kind == "learned":
         from training.eval.learned import LearnedFeatureExtractor
 
-        return LearnedFeatureExtractor.from_file(require(LEARNED_FILE, "dkdm features"), device=device)
+        return LearnedFeatureExtractor.from_file(require(learned, "dkdm features"), device=device)
     from training.eval.inception import InceptionFeatureExtractor
 
     return InceptionFeatureExtractor(settings.features.inception_weights, device=device)
 
 
-def periodic_fd_teacher(ctx: Any, config: Any) -> tuple[Any, Any, str]:
+def base_distill_config(settings: Settings) -> DistillConfig:
+    """The profile's distillation settings as the training side's config of a dynamic run; its `pool_config()` is
+    the one place a PoolConfig is built from settings (the pool stage and `dkdm tune` both use it)."""
+    d = settings.distill
+    return DistillConfig(**d.train.model_dump(), method="dynamic", rho=d.rho, teacher_batch_size=d.teacher_batch_size,
+                         pool_dtype=d.pool_dtype, clip_denoised=d.clip_denoised)
+
+
+def periodic_fd_teacher(ctx: Context, config: DistillConfig) -> tuple[FeatureExtractor, ReferenceStats, str]:
     """(extractor, the teacher's D' statistics, the FD' metric name) for a student's periodic evaluation: it is
     scored against D', never against real data, so selecting on it keeps the student data-free."""
     from training.eval.stats import load_reference_stats

@@ -5,12 +5,18 @@ reads, with the contract's metric and cost names (docs/CONTRACTS.md).
 """
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+import numpy as np
+import torch
 
 from dkdm.console import Context, summary
 from dkdm.errors import DkdmError
 from dkdm.lineage import locked_md5
+from dkdm.spaces import space_for
 from dkdm.stages.common import (
     REAL_STATS_FILE,
     STUDENTS_DIR,
@@ -24,30 +30,40 @@ from dkdm.stages.common import (
     student_file,
     write_json,
 )
-from dkdm.tracking import start_run, student_model_name
+from dkdm.tracking import NullRunTracker, RunTracker, start_run, student_model_name
 
 
-def _target(ctx: Context, run: str | None, checkpoint: Path | None, teacher: bool) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Target:
+    """What one evaluation scores: a run's student, the teacher, or any checkpoint."""
+
+    name: str
+    file: Path
+    method: str | None
+    preset: str | None
+    out: Path
+
+
+def _target(ctx: Context, run: str | None, checkpoint: Path | None, teacher: bool) -> Target:
     settings = ctx.settings
     chosen = sum([run is not None, checkpoint is not None, teacher])
     if chosen != 1:
         raise DkdmError("evaluate: give exactly one of --run NAME, --teacher or --checkpoint PATH")
     if teacher:
-        return {"name": "teacher", "file": require(TEACHER_FILE, "dkdm teacher"), "method": "teacher",
-                "preset": settings.teacher.preset, "out": evaluation_dir("teacher")}
+        return Target("teacher", require(TEACHER_FILE, "dkdm teacher"), "teacher", settings.teacher.preset,
+                      evaluation_dir("teacher"))
     if checkpoint is not None:
         if not checkpoint.is_file():
             raise DkdmError(f"--checkpoint: file {checkpoint} does not exist")
-        return {"name": checkpoint.stem, "file": checkpoint, "method": None, "preset": None,
-                "out": Path("evaluations") / checkpoint.stem}
+        return Target(checkpoint.stem, checkpoint, None, None, Path("evaluations") / checkpoint.stem)
     runs = settings.distill.runs
     if run not in runs:
         raise DkdmError(f"--run: {run!r} is not in distill.runs ({', '.join(runs) or 'none defined'})")
-    return {"name": run, "file": require(student_file(run), f"dkdm distill --run {run}"),
-            "method": runs[run].method, "preset": settings.distill.student_for(run), "out": evaluation_dir(run)}
+    return Target(run, require(student_file(run), f"dkdm distill --run {run}"), runs[run].method,
+                  settings.distill.student_for(run), evaluation_dir(run))
 
 
-def _backfill_lineage(ctx: Context, run: str, tracker: Any) -> dict[str, str]:
+def _backfill_lineage(ctx: Context, run: str, tracker: RunTracker | NullRunTracker) -> dict[str, str]:
     """The distill stage cannot know its own dvc.lock hash; once it is locked, tag its run and model version."""
     md5 = locked_md5(f"distill@{run}", str(STUDENTS_DIR))
     record = student_dir(run) / "mlflow_run.json"
@@ -66,35 +82,59 @@ def _backfill_lineage(ctx: Context, run: str, tracker: Any) -> dict[str, str]:
     return {"dkdm.dvc.student_md5": md5}
 
 
+def _generation_costs(generate: Callable[[int, int], np.ndarray], steps: int, device: torch.device) -> dict[str, float]:
+    """Wall seconds for 256 samples (decoding included in latent space: it is part of the model's cost); images/s
+    too at the paper's 50 steps. One untimed sample first, so one-time costs (CUDA context, kernels) are not counted."""
+    from training.eval.costs import GEN_IMAGES, PAPER_STEPS
+
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    generate(1, 0)
+    synchronize()
+    started = time.perf_counter()
+    generate(GEN_IMAGES, 0)
+    synchronize()
+    seconds = time.perf_counter() - started
+    figures = {"gen_seconds_256": seconds}
+    if steps == PAPER_STEPS:
+        figures["images_per_second_50steps"] = GEN_IMAGES / seconds
+    return figures
+
+
 def run(ctx: Context, *, run: str | None = None, checkpoint: Path | None = None, teacher: bool = False) -> None:
-    from training.eval.costs import device_name, measure_generation, peak_memory_mb, reset_peak_memory
+    from training.eval.costs import device_name, peak_memory_mb, reset_peak_memory
     from training.eval.evaluate import evaluate_samples
-    from training.eval.sampling import generate_samples, load_sampler, save_grid, save_samples_npz
+    from training.eval.sampling import save_grid, save_samples_npz
     from training.eval.stats import load_reference_stats
 
     settings = ctx.settings
     ev = settings.evaluate
     target = _target(ctx, run, checkpoint, teacher)
-    if settings.space == "latent":
-        from dkdm.stages.latent_eval import evaluate as latent_evaluate
-
-        return latent_evaluate(ctx, target, run=run)
+    space = space_for(settings)
     extractor = make_extractor(settings, ctx.device)
     real_stats = load_reference_stats(require(REAL_STATS_FILE, "dkdm features"), expected_space=extractor.space)
     teacher_stats = load_reference_stats(require(TEACHER_STATS_FILE, "dkdm reference"), expected_space=extractor.space)
-    respacing = f"ddim{ev.respacing}" if ev.use_ddim and ev.respacing.isdigit() else ev.respacing
-    model, diffusion = load_sampler(target["file"], respacing=respacing, ema=ev.use_ema, device=ctx.device)
-    out_dir: Path = target["out"]
+    model, process, _ = space.load_model(target.file, ctx.device, ema=ev.use_ema)
+    steps = space.sampling_steps(process, ev.respacing, ev.use_ddim)
+
+    def generate(n: int, seed: int) -> np.ndarray:
+        with torch.no_grad():
+            return space.sample(model, process, n, steps=ev.respacing, use_ddim=ev.use_ddim, eta=ev.eta,
+                                clip_denoised=ev.clip_denoised, batch_size=min(ev.batch_size, max(n, 1)), seed=seed,
+                                device=ctx.device, progress=ctx.progress_enabled and n > 1)
+
+    out_dir = target.out
     out_dir.mkdir(parents=True, exist_ok=True)
-    tags = {"dkdm.dvc.teacher_md5": locked_md5("teacher", str(TEACHER_FILE.parent)), "dkdm.run": target["name"]}
-    with start_run(settings, stage="evaluate", run_name=f"evaluate-{target['name']}", method=target["method"],
-                   student=target["preset"], tags={k: v for k, v in tags.items() if v}) as tracker:
+    tags = {"dkdm.dvc.teacher_md5": locked_md5("teacher", str(TEACHER_FILE.parent)), "dkdm.run": target.name,
+            "dkdm.space": space.name}
+    with start_run(settings, stage="evaluate", run_name=f"evaluate-{target.name}", method=target.method,
+                   student=target.preset, tags={k: v for k, v in tags.items() if v}) as tracker:
         if run is not None:
             tracker.set_tags(_backfill_lineage(ctx, run, tracker))
         reset_peak_memory(ctx.device)
-        samples = generate_samples(model, diffusion, ev.num_samples, batch_size=ev.batch_size, seed=ev.seed,
-                                   device=ctx.device, use_ddim=ev.use_ddim, eta=ev.eta,
-                                   clip_denoised=ev.clip_denoised, progress=ctx.progress_enabled)
+        samples = generate(ev.num_samples, ev.seed)
         peak = peak_memory_mb(ctx.device)
         save_samples_npz(out_dir / "samples.npz", samples)
         grid = save_grid(out_dir / "grid.png", samples[: ev.grid_size], nrow=8,
@@ -102,24 +142,26 @@ def run(ctx: Context, *, run: str | None = None, checkpoint: Path | None = None,
         metrics = evaluate_samples(samples, extractor=extractor, real_stats=real_stats, teacher_stats=teacher_stats,
                                    batch_size=settings.features.batch_size, seed=ev.seed)
         if ev.measure_costs:
-            metrics.update(measure_generation(model, diffusion, batch_size=min(ev.batch_size, 256),
-                                              device=ctx.device, seed=ev.seed, use_ddim=ev.use_ddim))
+            metrics.update(_generation_costs(lambda n, _: generate(n, ev.seed + 1), steps, ctx.device))
         metrics["peak_memory_mb"] = peak
         record = student_dir(run) / "mlflow_run.json" if run is not None else None
         if record is not None and record.is_file():
-            train_speed = read_json(record).get("train_seconds_per_100_iters")
-            if train_speed is not None:
-                metrics["train_seconds_per_100_iters"] = float(train_speed)
-        metrics["sampling_steps"] = float(diffusion.num_timesteps)
+            data = read_json(record)
+            for key in ("train_seconds_per_100_iters", "first_stage_encoder_calls", "first_stage_encoded_images"):
+                if data.get(key) is not None:
+                    metrics[key] = float(data[key])
+        metrics["sampling_steps"] = float(steps)
         metrics["num_samples"] = float(ev.num_samples)
         write_json(out_dir / "metrics.json", {k: float(v) for k, v in sorted(metrics.items())})
-        write_json(out_dir / "info.json", {"device_name": device_name(ctx.device), "checkpoint": str(target["file"]),
-                                           "method": target["method"], "preset": target["preset"]})
+        write_json(out_dir / "info.json", {"device_name": device_name(ctx.device), "checkpoint": str(target.file),
+                                           "method": target.method, "preset": target.preset,
+                                           "space": space.name, "sampler": "ddim" if ev.use_ddim else "ancestral"})
         tracker.set_tags({"device_name": device_name(ctx.device)})
         tracker.log_metrics(metrics, 0)
         tracker.log_artifact(grid, "samples")
         tracker.log_artifact(out_dir / "metrics.json", "evaluation")
-    shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items()) if k.startswith(("fd", "fid", "precision",
-                                                                                        "recall", "is")))
-    summary(f"evaluate {target['name']}: {ev.num_samples} samples, {diffusion.num_timesteps} steps: {shown} -> "
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())
+                      if k.startswith(("fd", "fid", "precision", "recall", "is")))
+    sampler = f"DDIM {steps} (eta {ev.eta})" if ev.use_ddim else f"{steps} ancestral steps"
+    summary(f"evaluate {target.name}: {ev.num_samples} {space.name} samples, {sampler}: {shown} -> "
             f"{out_dir / 'metrics.json'}")

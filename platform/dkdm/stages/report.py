@@ -10,6 +10,7 @@ from typing import Any
 
 from dkdm.console import Context, summary
 from dkdm.profiles import atomic_write_text
+from dkdm.settings import Settings
 from dkdm.stages.common import (
     REFERENCE_METRICS,
     REPORT_DIR,
@@ -22,7 +23,7 @@ from dkdm.stages.common import (
 from dkdm.tracking import start_run
 
 
-def _metric_keys(settings: Any) -> tuple[str, str, str, str, str]:
+def _metric_keys(settings: Settings) -> tuple[str, str, str, str, str]:
     """(fd, fd against the teacher, precision, recall, noise floor) in the profile's feature space."""
     from training.eval.extractor import METRICS_BY_KIND
 
@@ -54,7 +55,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def build_rows(settings: Any) -> list[dict[str, Any]]:
+def build_rows(settings: Settings) -> list[dict[str, Any]]:
     from dkdm.stages.common import TEACHER_FILE
 
     fd, fdt, prec, rec, _ = _metric_keys(settings)
@@ -95,7 +96,7 @@ def verdict(rows: list[dict[str, Any]], fd: str, floor: float | None) -> list[st
     return lines
 
 
-def render(settings: Any, rows: list[dict[str, Any]], reference: dict[str, float]) -> str:
+def render(settings: Settings, rows: list[dict[str, Any]], reference: dict[str, float]) -> str:
     fd, fdt, prec, rec, floor_key = _metric_keys(settings)
     floor = reference.get(floor_key)
     teacher = next(r for r in rows if r["method"] == "teacher")

@@ -1,28 +1,18 @@
-"""Stage `teacher`: train the teacher on the real data (CPU profiles) or import a foreign .pt (paper profiles)."""
+"""Stage `teacher`: train the teacher on the real data (CPU profiles) or import a released checkpoint (paper
+profiles: a foreign .pt in pixel space, the CompVis LDM `model.ckpt` in latent space)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from dkdm.console import Context, summary
 from dkdm.errors import DkdmError
-from dkdm.stages.common import (
-    CURVES_DIR,
-    DATA_FILE,
-    TEACHER_FILE,
-    diffusion_dict,
-    load_real_images,
-    nhwc_to_model,
-    require,
-)
+from dkdm.spaces import space_for
+from dkdm.stages.common import CURVES_DIR, TEACHER_FILE, load_real_images
 from dkdm.stages.training import train_network
 from dkdm.tracking import start_run
 
 
 def run(ctx: Context) -> None:
-    if ctx.settings.space == "latent":
-        from dkdm.stages.latent_training import teacher as latent_teacher
-
-        return latent_teacher(ctx)
     if ctx.settings.teacher.source == "import":
         import_(ctx)
     else:
@@ -30,34 +20,37 @@ def run(ctx: Context) -> None:
 
 
 def train(ctx: Context, *, iterations: int | None = None) -> None:
+    """Ordinary diffusion training on the real data (data_based). A latent teacher trains on the set encoded once:
+    the first stage is frozen and the data not augmented, so that gives the very latents LDM's per-step encoding
+    would (Table 9 times that per-step cost; the teacher here is only a means to an end)."""
     from training.distill.config import DistillConfig
 
-    if ctx.settings.space == "latent":
-        from dkdm.stages.latent_training import teacher as latent_teacher
-
-        return latent_teacher(ctx, iterations=iterations)
     settings = ctx.settings
     teacher = settings.teacher
+    space = space_for(settings)
     train_cfg = teacher.train if iterations is None else teacher.train.model_copy(update={"iterations": iterations})
     config = DistillConfig(**train_cfg.model_dump(), method="data_based")
-    require(DATA_FILE, "dkdm data")
     images, _ = load_real_images(settings)
+    inputs = space.encode_all(images, ctx.device)
     with start_run(settings, stage="teacher", run_name=f"teacher-{teacher.preset}", method="teacher",
                    student=teacher.preset) as tracker:
         result = train_network(
-            ctx, name="teacher", preset=teacher.preset, config=config, out_file=TEACHER_FILE, tracker=tracker,
-            loss_csv=CURVES_DIR / "teacher.csv", real_images=nhwc_to_model(images),
+            ctx, space, name="teacher", preset=teacher.preset, config=config, out_file=TEACHER_FILE, tracker=tracker,
+            loss_csv=CURVES_DIR / "teacher.csv", real_images=inputs,
             provenance={"source": "train-teacher", "profile": settings.profile, "dataset": settings.data.dataset},
         )
-        tracker.log_metrics({k: v for k, v in result.items() if k in ("train_seconds_per_100_iters",)
-                             and v is not None}, result["steps"])
+        if result["train_seconds_per_100_iters"] is not None:
+            tracker.log_metrics({"train_seconds_per_100_iters": result["train_seconds_per_100_iters"]},
+                                result["steps"])
         tracker.log_artifact(CURVES_DIR / "teacher.csv")
-    summary(f"teacher: trained {teacher.preset} for {result['steps']} steps in {result['seconds']:.0f}s, final loss "
+    summary(f"teacher: trained {space.name} {teacher.preset} on {len(inputs)} model inputs "
+            f"{tuple(inputs.shape[1:])} for {result['steps']} steps in {result['seconds']:.0f}s, final loss "
             f"{result['final_loss']:.4f} -> {TEACHER_FILE}")
 
 
-def import_(ctx: Context, *, checkpoint: Path | None = None, preset: str | None = None, out: Path | None = None) -> None:
-    from training.models import import_teacher, read_checkpoint_meta
+def import_(ctx: Context, *, checkpoint: Path | None = None, preset: str | None = None,
+            out: Path | None = None) -> None:
+    from dkdm.compat import check_preset
 
     settings = ctx.settings
     checkpoint = checkpoint or settings.teacher.checkpoint
@@ -67,8 +60,6 @@ def import_(ctx: Context, *, checkpoint: Path | None = None, preset: str | None 
         raise DkdmError("teacher.checkpoint: give the .pt to import (argument or teacher.checkpoint)")
     if not Path(checkpoint).is_file():
         raise DkdmError(f"teacher.checkpoint: file {str(checkpoint)!r} does not exist")
-    from dkdm.compat import check_preset
-
     try:
         check_preset("--preset", preset)
     except ValueError as err:
@@ -78,9 +69,8 @@ def import_(ctx: Context, *, checkpoint: Path | None = None, preset: str | None 
     out.parent.mkdir(parents=True, exist_ok=True)
     with start_run(settings, stage="teacher", run_name=f"import-{preset}", method="teacher", student=preset,
                    tags={"dkdm.teacher": preset}) as tracker:
-        path = import_teacher(checkpoint, preset, out, diffusion_config=diffusion_dict(settings))
-        meta = read_checkpoint_meta(path)
+        tags = space_for(settings).import_teacher(Path(checkpoint), preset, out)
         tracker.log_params({"import.source": str(checkpoint), "import.preset": preset})
-        tracker.set_tags({"dkdm.import.sha256": meta.get("provenance", {}).get("imported_sha256", "")})
-    summary(f"import-teacher: {checkpoint} as {preset} -> {path}")
-
+        if tags:
+            tracker.set_tags(tags)
+    summary(f"import-teacher: {checkpoint} as {preset} -> {out}")

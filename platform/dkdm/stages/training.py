@@ -1,14 +1,23 @@
-"""Training shared by the teacher and student stages: build the run, resume, train, write the checkpoint."""
+"""Training shared by the teacher and student stages of either space: build the run, resume, train, write the
+checkpoint."""
 from __future__ import annotations
 
 import hashlib
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+
+from torch import Tensor, nn
 
 from dkdm.console import Context
-from dkdm.stages.common import clear_work_dir, diffusion_dict, image_shape, make_diffusion, work_dir, write_csv
+from dkdm.spaces import Space
+from dkdm.stages.common import clear_work_dir, work_dir, write_csv
+from training.distill.config import DistillConfig
+from training.distill.sources import Encoder
+from training.train.tracker import Tracker
+from training.train.trainer import EvalFn, Trainer
 
 LOSS_COLUMNS = ("step", "loss", "mse", "vb")
 
@@ -16,7 +25,7 @@ LOSS_COLUMNS = ("step", "loss", "mse", "vb")
 class LossLog:
     """A Tracker that forwards everything and also keeps train/loss per logged step as CSV (for `dvc plots`)."""
 
-    def __init__(self, inner: Any, csv_path: Path) -> None:
+    def __init__(self, inner: Tracker, csv_path: Path) -> None:
         self.inner = inner
         self.rows: list[dict[str, float]] = []
         self.csv_path = csv_path
@@ -36,13 +45,13 @@ class LossLog:
         return write_csv(self.csv_path, LOSS_COLUMNS, self.rows)
 
 
-def run_key(name: str, config: Any, extra: Mapping[str, Any]) -> str:
+def run_key(name: str, config: DistillConfig, extra: Mapping[str, Any]) -> str:
     """A work folder per exact configuration, so a stale resume state never meets a changed run."""
     blob = json.dumps({"config": config.model_dump(mode="json"), **extra}, sort_keys=True, default=str)
     return f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
-def restore_best_ema(trainer: Any, folder: Path) -> int | None:
+def restore_best_ema(trainer: Trainer, folder: Path) -> int | None:
     """With early stopping (select_metric), load the best evaluation's EMA weights into the trainer's EMA model;
     returns that step, or None when the run kept no best (its final EMA weights stand)."""
     from training.train.trainer import BEST_FILE, load_best_weights
@@ -54,22 +63,24 @@ def restore_best_ema(trainer: Any, folder: Path) -> int | None:
 
 def train_network(
     ctx: Context,
+    space: Space,
     *,
     name: str,
     preset: str,
-    config: Any,
+    config: DistillConfig,
     out_file: Path,
-    tracker: Any,
+    tracker: Tracker,
     loss_csv: Path,
     provenance: Mapping[str, Any],
-    teacher: Any = None,
+    teacher: nn.Module | None = None,
     pool_path: Path | None = None,
-    real_images: Any = None,
-    synthetic_images: Any = None,
-    eval_fn: Any = None,
+    real_images: Tensor | None = None,
+    synthetic_images: Tensor | None = None,
+    encode: Encoder | None = None,
+    eval_fn: EvalFn | None = None,
     extra_key: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train `preset` with `config` (a DistillConfig) and save EMA + raw weights to `out_file`.
+    """Train `preset` with `config` in `space` and save EMA + raw weights to `out_file`.
 
     Resumes from `.dkdm/work/<name>-<hash>/` after an interruption; with early stopping the best EMA weights
     (by config.select_metric) become the checkpoint. Returns a small summary (steps, seconds, losses).
@@ -79,33 +90,32 @@ def train_network(
     from training.distill.run import build_run
     from training.models import create_model, get_preset, save_checkpoint
 
-    device = ctx.device
-    settings = ctx.settings
     torch.manual_seed(config.seed)  # weight initialisation; the trainer seeds everything after it
     student = create_model(get_preset(preset))
-    diffusion = make_diffusion(settings)
-    folder = work_dir(run_key(name, config, {"preset": preset, "diffusion": diffusion_dict(settings),
-                                             **(extra_key or {})}))
+    diffusion_config = space.diffusion_config()
+    diffusion = space.process(diffusion_config, ctx.device)
+    folder = work_dir(run_key(name, config, {"preset": preset, "diffusion": diffusion_config, **(extra_key or {})}))
     log = LossLog(tracker, loss_csv)
     trainer = build_run(
-        config, student=student, student_diffusion=diffusion, image_shape=image_shape(settings), device=device,
+        config, student=student, student_diffusion=diffusion, image_shape=space.model_shape(), device=ctx.device,
         teacher=teacher, teacher_diffusion=diffusion if teacher is not None else None, pool_path=pool_path,
-        real_images=real_images, synthetic_images=synthetic_images, out_dir=folder, tracker=log, eval_fn=eval_fn,
-        run_meta={"name": name, "preset": preset},
+        real_images=real_images, synthetic_images=synthetic_images, encode=encode, out_dir=folder, tracker=log,
+        eval_fn=eval_fn, run_meta={"name": name, "preset": preset, "space": space.name},
     )
     resumed = trainer.resume_if_possible()
     start_step = trainer.step
     started = time.perf_counter()
     result = trainer.run()
     seconds = time.perf_counter() - started
-    ema_model = trainer.ema.model
     best_step = restore_best_ema(trainer, folder)
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out_file, trainer.model, model_config=get_preset(preset), diffusion_config=diffusion_dict(settings),
-                    provenance={**provenance, "steps": result.step, "best_step": best_step}, ema_model=ema_model)
+    save_checkpoint(out_file, trainer.model, model_config=get_preset(preset), diffusion_config=diffusion_config,
+                    provenance={**provenance, "steps": result.step, "best_step": best_step},
+                    ema_model=trainer.ema.model)
     log.write()
     done = result.step - start_step
-    summary = {
+    clear_work_dir(folder)  # finished: the resume state is no longer needed
+    return {
         "steps": result.step,
         "resumed_from": start_step if resumed else None,
         "seconds": seconds,
@@ -116,5 +126,3 @@ def train_network(
         "final_loss": log.rows[-1]["loss"] if log.rows else None,
         "source_stats": result.source_stats,
     }
-    clear_work_dir(folder)  # finished: the resume state is no longer needed
-    return summary
