@@ -26,7 +26,7 @@ from dkdm.stages.common import (
     teacher_fingerprint,
     write_json,
 )
-from dkdm.stages.training import train_network
+from dkdm.stages.training import resume_state_file, train_network
 from dkdm.tracking import start_run, student_model_name
 
 RUN_RECORD = "mlflow_run.json"
@@ -90,7 +90,8 @@ def run(ctx: Context, run_name: str, *, allowed: tuple[str, ...] | None) -> None
     out_file = student_file(run_name)
     stage = "distill" if spec.method in ("dynamic", "shuffled", "iterative") else "train"
     with start_run(settings, stage=stage, run_name=f"{run_name}-{preset}", method=spec.method, student=preset,
-                   tags={**md5_tags(None), "dkdm.run": run_name}) as tracker:
+                   tags={**md5_tags(None), "dkdm.run": run_name},
+                   resume_state=resume_state_file(settings, f"student-{run_name}", preset, config, identity)) as tracker:
         result = train_network(
             ctx, name=f"student-{run_name}", preset=preset, config=config, out_file=out_file, tracker=tracker,
             loss_csv=CURVES_DIR / f"{run_name}.csv", extra_key=identity,

@@ -14,7 +14,7 @@ from dkdm.stages.common import (
     nhwc_to_model,
     require,
 )
-from dkdm.stages.training import train_network
+from dkdm.stages.training import resume_state_file, train_network
 from dkdm.tracking import start_run
 
 
@@ -43,7 +43,8 @@ def train(ctx: Context, *, iterations: int | None = None) -> None:
     require(DATA_FILE, "dkdm data")
     images, _ = load_real_images(settings)
     with start_run(settings, stage="teacher", run_name=f"teacher-{teacher.preset}", method="teacher",
-                   student=teacher.preset) as tracker:
+                   student=teacher.preset, resume_state=resume_state_file(settings, "teacher", teacher.preset,
+                                                                          config)) as tracker:
         result = train_network(
             ctx, name="teacher", preset=teacher.preset, config=config, out_file=TEACHER_FILE, tracker=tracker,
             loss_csv=CURVES_DIR / "teacher.csv", real_images=nhwc_to_model(images),

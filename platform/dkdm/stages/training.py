@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from dkdm.console import Context
-from dkdm.stages.common import clear_work_dir, diffusion_dict, image_shape, make_diffusion, work_dir, write_csv
+from dkdm.stages.common import (
+    WORK_DIR, clear_work_dir, diffusion_dict, image_shape, make_diffusion, work_dir, write_csv,
+)
+from dkdm.tracking_resume import RUN_ID_KEY
 
 LOSS_COLUMNS = ("step", "loss", "mse", "vb")
 
@@ -40,6 +43,19 @@ def run_key(name: str, config: Any, extra: Mapping[str, Any]) -> str:
     """A work folder per exact configuration, so a stale resume state never meets a changed run."""
     blob = json.dumps({"config": config.model_dump(mode="json"), **extra}, sort_keys=True, default=str)
     return f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def training_folder(settings: Any, name: str, preset: str, config: Any, extra_key: Mapping[str, Any] | None) -> Path:
+    """Where train_network keeps the resume state of this exact run (not created here)."""
+    return WORK_DIR / run_key(name, config, {"preset": preset, "diffusion": diffusion_dict(settings), **(extra_key or {})})
+
+
+def resume_state_file(settings: Any, name: str, preset: str, config: Any,
+                      extra_key: Mapping[str, Any] | None = None) -> Path:
+    """The resume checkpoint of this run; start_run(resume_state=...) reattaches to the MLflow run it names."""
+    from training.train.trainer import RESUME_FILE
+
+    return training_folder(settings, name, preset, config, extra_key) / RESUME_FILE
 
 
 def restore_best_ema(trainer: Any, folder: Path) -> int | None:
@@ -84,14 +100,13 @@ def train_network(
     torch.manual_seed(config.seed)  # weight initialisation; the trainer seeds everything after it
     student = create_model(get_preset(preset))
     diffusion = make_diffusion(settings)
-    folder = work_dir(run_key(name, config, {"preset": preset, "diffusion": diffusion_dict(settings),
-                                             **(extra_key or {})}))
+    folder = work_dir(training_folder(settings, name, preset, config, extra_key).name)
     log = LossLog(tracker, loss_csv)
     trainer = build_run(
         config, student=student, student_diffusion=diffusion, image_shape=image_shape(settings), device=device,
         teacher=teacher, teacher_diffusion=diffusion if teacher is not None else None, pool_path=pool_path,
         real_images=real_images, synthetic_images=synthetic_images, out_dir=folder, tracker=log, eval_fn=eval_fn,
-        run_meta={"name": name, "preset": preset},
+        run_meta={"name": name, "preset": preset, RUN_ID_KEY: getattr(tracker, "run_id", "")},
     )
     resumed = trainer.resume_if_possible()
     start_step = trainer.step
