@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from dkdm.errors import DkdmError
+from dkdm.teacher_compat import check_teacher_compat
 from dkdm.stages.common import CLASSIFIER_FILE, TEACHER_FILE, TEACHER_STATS_FILE
 from dkdm.tuning_config import TuneSettings
 from dkdm.tuning_objective import TrialBudget, TuneInputs
@@ -80,6 +81,7 @@ def load_inputs(settings: Any, tune: TuneSettings, paths: InputPaths, device: to
     from training.models import load_checkpoint
 
     check_paths(settings, paths)
+    check_teacher_compat(settings, paths.teacher)
     teacher, _ = load_checkpoint(paths.teacher, ema=True, device=device)
     diffusion = settings.diffusion.to_dict()
     # Teacher and student walk the same process (settings checked the pair); build_run re-checks it.

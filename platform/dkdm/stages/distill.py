@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from dkdm.console import Context, summary
+from dkdm.teacher_compat import check_teacher_compat
 from dkdm.stages.common import (
     run_spec,
     CURVES_DIR,
@@ -78,6 +79,7 @@ def early_stop_metric(ctx: Context, config: Any):
 
 def run(ctx: Context, run_name: str, *, allowed: tuple[str, ...] | None) -> None:
     settings = ctx.settings
+    check_teacher_compat(settings)  # before anything is written: a teacher of another T refused in one line
     if settings.space == "latent":
         from dkdm.stages.latent_distill import distill as latent_distill
 

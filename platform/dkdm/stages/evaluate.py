@@ -11,6 +11,7 @@ from typing import Any
 from dkdm.console import Context, summary
 from dkdm.errors import DkdmError
 from dkdm.lineage import locked_md5
+from dkdm.teacher_compat import check_evaluation
 from dkdm.stages.common import (
     REAL_STATS_FILE,
     STUDENTS_DIR,
@@ -75,6 +76,7 @@ def run(ctx: Context, *, run: str | None = None, checkpoint: Path | None = None,
     settings = ctx.settings
     ev = settings.evaluate
     target = _target(ctx, run, checkpoint, teacher)
+    check_evaluation(settings, target["file"], pipeline_file=target["method"] is not None)  # before any write
     if settings.space == "latent":
         from dkdm.stages.latent_eval import evaluate as latent_evaluate
 

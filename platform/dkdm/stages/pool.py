@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from dkdm.console import Context, summary
+from dkdm.teacher_compat import check_teacher_compat
 from dkdm.stages.common import (
     POOL_FILE,
     clear_work_dir,
@@ -27,6 +28,7 @@ def run(ctx: Context, *, out: Path | None = None) -> None:
     from training.distill.pool import prepare_pool, read_pool_meta
 
     settings = ctx.settings
+    check_teacher_compat(settings)  # before anything is written: a teacher of another T refused in one line
     if settings.space == "latent":
         from dkdm.stages.latent_distill import pool as latent_pool
 

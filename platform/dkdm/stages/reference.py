@@ -6,6 +6,7 @@ two random halves of it), and the synthetic training set of the data-free / data
 from __future__ import annotations
 
 from dkdm.console import Context, summary
+from dkdm.teacher_compat import check_teacher_compat
 from dkdm.stages.common import (
     REFERENCE_DIR,
     REFERENCE_METRICS,
@@ -38,6 +39,7 @@ def run(ctx: Context) -> None:
     from training.eval.stats import compute_reference_stats
 
     settings = ctx.settings
+    check_teacher_compat(settings)  # before anything is written: a teacher of another T refused in one line
     if settings.space == "latent":
         from dkdm.stages.latent_eval import reference as latent_reference
 

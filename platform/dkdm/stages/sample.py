@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dkdm.console import Context, summary
 from dkdm.errors import DkdmError
+from dkdm.teacher_compat import check_if_teacher
 
 
 def _is_latent(checkpoint: Path) -> bool:
@@ -51,6 +52,7 @@ def run(ctx: Context, *, checkpoint: Path, num: int, steps: str, ddim: bool, eta
         raise DkdmError(f"checkpoint: file {checkpoint} does not exist")
     if out.suffix != ".npz":
         raise DkdmError(f"--out: {out} must end in .npz")
+    check_if_teacher(ctx.settings, checkpoint)
     if _is_latent(checkpoint):
         images, label = _latent_samples(ctx, checkpoint, num=num, steps=steps, ddim=ddim, eta=eta,
                                         batch_size=batch_size, seed=seed, ema=ema)
