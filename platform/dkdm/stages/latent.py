@@ -44,7 +44,9 @@ def latent_shape(settings: Settings) -> tuple[int, int, int]:
 
 def scale_factor() -> float:
     """The scale factor the autoencoder stage fixed (settings may say 'auto')."""
-    return float(read_json(require(AUTOENCODER_INFO, "dkdm autoencoder"))["scale_factor"])
+    from dkdm.first_stage_info import read_scale_factor
+
+    return read_scale_factor(require(AUTOENCODER_INFO, "dkdm autoencoder"))
 
 
 def diffusion_config(settings: Settings, scale: float) -> dict[str, Any]:
