@@ -113,3 +113,37 @@ def test_a_matching_teacher_passes(project):
     settings = load_settings(Path("params.yaml"))
     check_teacher_compat(settings)
     check_evaluation(settings, Path("outputs/students/dynamic/student.safetensors"), pipeline_file=True)
+
+
+def test_a_latent_teacher_of_another_T_or_latent_shape_is_refused(tmp_path, monkeypatch):
+    import json
+
+    from dkdm.errors import DkdmError
+    from dkdm.settings import load_settings
+    from dkdm.teacher_compat import check_teacher_compat
+    from training.models import get_preset
+    from training.models.checkpoint import FORMAT
+
+    monkeypatch.setenv("DKDM_TRACKING__ENABLED", "false")
+    settings = load_settings(profiles.packaged_dir() / "latent-ci.yaml")
+    latent = settings.teacher.latent
+    weights = tmp_path / "teacher.safetensors"
+    weights.write_bytes(b"")
+
+    def sidecar(timesteps: int, image_size: int) -> None:
+        model = {**get_preset(settings.teacher.preset), "image_size": image_size}
+        diffusion = {"space": "latent", "timesteps": timesteps, "linear_start": latent.linear_start,
+                     "linear_end": latent.linear_end, "scale_factor": 1.0}
+        (tmp_path / "teacher.json").write_text(json.dumps({"format": FORMAT, "model_config": model,
+                                                           "diffusion_config": diffusion, "provenance": {}}))
+
+    sidecar(settings.diffusion.steps, 4)
+    check_teacher_compat(settings, weights)
+    sidecar(7, 4)
+    with pytest.raises(DkdmError, match=rf"T=7, the profile has diffusion.steps = {settings.diffusion.steps}"):
+        check_teacher_compat(settings, weights)
+    sidecar(settings.diffusion.steps, 8)
+    with pytest.raises(DkdmError, match=r"latent shape=3x8x8, the profile has teacher.latent.first_stage = 3x4x4"):
+        check_teacher_compat(settings, weights)
+    with pytest.raises(DkdmError, match="is a latent-space model but the profile has space: pixel"):
+        check_teacher_compat(load_settings(profiles.packaged_dir() / "ci.yaml"), weights)
