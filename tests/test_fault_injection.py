@@ -1,5 +1,5 @@
 """Fault injection on the `ci` profile, through the user's command: `dkdm distill --run dynamic` is killed with
-SIGKILL at three seeded random points after its first checkpoint, and resumed each time by running the same
+SIGKILL at three seeded random points after checkpoints exist, and resumed each time by running the same
 command again. Against one uninterrupted run of the same command, the resumed one must give a bit-identical
 student, a single FINISHED MLflow run whose loss history has every logged step once, and a complete curves CSV.
 """
@@ -49,18 +49,19 @@ def _resume_step(repo: Path) -> int:
     return 0
 
 
-def _kill_after_checkpoint(repo: Path, rng: random.Random) -> int:
-    """Start the distillation, wait for a checkpoint newer than the one it resumed from, SIGKILL it a random
-    moment later; returns the checkpoint step the next run resumes from."""
+def _kill_after_checkpoint(repo: Path, target: int, jitter_s: float) -> int:
+    """Start the distillation, wait until its checkpoint reaches step `target` (one it wrote itself), SIGKILL it
+    `jitter_s` later (between two checkpoints, at a speed-dependent step); returns the step the next run resumes
+    from."""
     before = _resume_step(repo)
     proc = subprocess.Popen([sys.executable, "-m", "dkdm", "distill", "--run", "dynamic"], cwd=repo, env=_env(repo),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while _resume_step(repo) <= before:
+    while _resume_step(repo) < max(target, before + 1):
         assert proc.poll() is None, f"distill ended before its checkpoint: {proc.stderr.read()[-2000:]}"
         assert time.monotonic() < deadline, "no checkpoint in 300 s"
-        time.sleep(0.05)
-    time.sleep(rng.uniform(0.0, 1.0))
+        time.sleep(0.02)
+    time.sleep(jitter_s)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the run finished before the kill: raise ITERATIONS"
@@ -93,8 +94,11 @@ def test_killed_three_times_and_resumed_equals_one_uninterrupted_run(tmp_path):
         shutil.copytree(base, copy, symlinks=True)
     _dkdm(straight, "distill", "--run", "dynamic")
 
+    # Seeded kill points: a checkpoint step to reach (the first checkpoint at the earliest, leaving most of the run
+    # to go), then a random moment between that checkpoint and the next ones.
     rng = random.Random(SEED)
-    resumed_from = [_kill_after_checkpoint(killed, rng) for _ in range(KILLS)]
+    targets = sorted(rng.sample(range(CHECKPOINT_EVERY, ITERATIONS // 2, CHECKPOINT_EVERY), KILLS))
+    resumed_from = [_kill_after_checkpoint(killed, target, rng.uniform(0.0, 0.3)) for target in targets]
     _, runs = _mlflow_runs(killed)
     assert [r.info.status for r in runs] == ["RUNNING"], "a killed run stays attached to its one MLflow run"
     _dkdm(killed, "distill", "--run", "dynamic")
