@@ -1,6 +1,7 @@
 """Dataset loaders on small fake data written to disk (nothing is downloaded)."""
 from __future__ import annotations
 
+import os
 import pickle
 
 import numpy as np
@@ -279,3 +280,47 @@ def test_registry_channels(tmp_path):
     assert load_dataset("digits", channels=1).channels == 1
     with pytest.raises(ValueError, match="has 1 channels, not 3"):
         load_dataset("digits", channels=3)
+
+
+def test_non_square_images_are_centre_cropped_then_resized_never_squashed(tmp_path):
+    """The README's rule: a 16×12 image keeps its middle 12×12 (rows 2..13), then is resized to the profile size."""
+    from training.data.folders import center_crop
+
+    tall = rng_images(3, 16, 12, seed=4)
+    np.savez(tmp_path / "tall.npz", arr_0=tall)
+    got = load_dataset(tmp_path / "tall.npz", image_size=8)
+    expected = np.stack([resize_square(im[2:14], 8, "bicubic") for im in tall])
+    np.testing.assert_array_equal(got.images, expected)
+    assert not np.array_equal(got.images, np.stack([resize_square(im, 8, "bicubic") for im in tall]))
+    assert got.meta["non_square"] == "center-crop"
+    assert center_crop(rng_images(1, 5, 8)[0]).shape == (5, 5, 3)
+    wide = rng_images(1, 5, 8, seed=5)[0]
+    np.testing.assert_array_equal(center_crop(wide), wide[:, 1:6])  # the odd pixel goes to the right
+    Image.fromarray(tall[0]).save(tmp_path / "one.png")
+    (tmp_path / "folder").mkdir()
+    Image.fromarray(tall[0]).save(tmp_path / "folder" / "a.png")
+    np.testing.assert_array_equal(load_image_folder(tmp_path / "folder", 8).images[0], expected[0])
+
+
+def test_dkdm_data_records_the_crop_of_a_non_square_npz(tmp_path, monkeypatch):
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from dkdm import profiles
+    from dkdm.cli import app
+
+    for key in [k for k in os.environ if k.startswith("DKDM_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    np.savez(tmp_path / "tall.npz", arr_0=rng_images(40, 16, 12, c=1, seed=6))
+    params = yaml.safe_load((profiles.packaged_dir() / "ci.yaml").read_text())
+    params["data"].update(dataset="npz", path=str(tmp_path / "tall.npz"), limit=None)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = CliRunner().invoke(app, ["data"])
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "outputs" / "data" / "info.json").read_text())
+    assert info["meta"]["non_square"] == "center-crop"
+    with np.load(tmp_path / "outputs" / "data" / "dataset.npz") as data:
+        assert data["arr_0"].shape == (40, 8, 8, 1)

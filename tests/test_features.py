@@ -231,7 +231,7 @@ def test_inception_weights_that_are_not_plain_tensors_are_refused(tmp_path):
 
     bad = tmp_path / WEIGHTS_FILE
     bad.write_bytes(pickle.dumps({"w": StandInInception}, protocol=2))  # a class reference: arbitrary unpickling
-    with pytest.raises(ValueError, match="not a plain tensor state dict"):
+    with pytest.raises(ValueError, match="refused: this Inception weights file contains pickled code"):
         InceptionFeatureExtractor(bad)
 
 

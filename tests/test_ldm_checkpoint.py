@@ -163,7 +163,7 @@ class _NotAllowlisted:
 def test_unsafe_or_missing_files_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "pickled.ckpt"
     torch.save({"state_dict": {}, "callback": _NotAllowlisted()}, path)
-    with pytest.raises(LDMCheckpointError, match="weights_only=True"):
+    with pytest.raises(LDMCheckpointError, match="refused: this checkpoint contains pickled code"):
         load_ldm_checkpoint(path, unet_config=get_latent_preset("ldm-unet-small"))
     with pytest.raises(LDMCheckpointError, match="not found"):
         load_ldm_checkpoint(tmp_path / "absent.ckpt", unet_config=get_latent_preset("ldm-unet-small"))

@@ -21,10 +21,12 @@ from typing import Any
 
 import yaml
 
+from dkdm import tracking_resume
 from dkdm.errors import DkdmError
 from dkdm.lineage import dvc_stage, git_commit
 from dkdm.settings import Settings, TrackingSettings
 from dkdm.tracking_queue import DeliveryQueue, Record, read_spool, write_spool
+from dkdm.tracking_system import start_sampler
 
 log = logging.getLogger(__name__)
 MAX_PARAM_VALUE = 6000  # MLflow's limit on a parameter value
@@ -154,8 +156,11 @@ def _register(client: Any, run_id: str, artifact_uri: str, *, name: str, artifac
 class RunTracker:
     """One MLflow run; implements the trainer's Tracker protocol without blocking the caller."""
 
-    def __init__(self, client: Any, run_id: str, artifact_uri: str, tracking: TrackingSettings) -> None:
+    def __init__(self, client: Any, run_id: str, artifact_uri: str, tracking: TrackingSettings,
+                 logged: Mapping[str, set[int]] | None = None) -> None:
         self.client = client
+        # Steps a reattached run already holds per metric: a resumed trainer logs them again, bit-identical.
+        self._logged = {k: set(v) for k, v in (logged or {}).items()}
         self.run_id = run_id
         self.artifact_uri = artifact_uri
         self._tracking = tracking
@@ -170,7 +175,9 @@ class RunTracker:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         now = int(time.time() * 1000)
-        self._queue.put(Record("metrics", [(k, float(v), now, int(step)) for k, v in metrics.items()]))
+        fresh = [(k, float(v), now, int(step)) for k, v in metrics.items() if int(step) not in self._logged.get(k, ())]
+        if fresh:
+            self._queue.put(Record("metrics", fresh))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._queue.put(Record("artifact", (str(path), artifact_path)))
@@ -296,9 +303,13 @@ def replay_spool(tracking: TrackingSettings) -> int:
 @contextlib.contextmanager
 def start_run(settings: Settings, *, stage: str, run_name: str, method: str | None = None,
               student: str | None = None, tags: Mapping[str, Any] | None = None,
-              log_config: bool = True) -> Iterator[RunTracker | NullRunTracker]:
+              log_config: bool = True, resume_state: Path | None = None) -> Iterator[RunTracker | NullRunTracker]:
     """Open an MLflow run tagged per CONTRACTS.md, with all resolved settings as params and
-    config/resolved.yaml as an artifact; FAILED if the body raises, FINISHED otherwise."""
+    config/resolved.yaml as an artifact; FAILED if the body raises, FINISHED otherwise.
+
+    `resume_state`: the trainer's resume checkpoint; when it names a run whose process died, that run is
+    continued instead of opening a new one. RUNNING runs of dead processes on this host are marked KILLED.
+    """
     tracking = settings.tracking
     if not tracking.enabled:
         yield NullRunTracker()
@@ -310,47 +321,36 @@ def start_run(settings: Settings, *, stage: str, run_name: str, method: str | No
     except Exception as err:  # noqa: BLE001 - an old spool must never block new work
         log.warning("tracking: could not replay spooled records (%s)", err)
     exp = experiment_id(client, tracking.experiment)
-    run = client.create_run(exp, run_name=run_name,
-                            tags=run_tags(settings, stage=stage, method=method, student=student, extra=tags))
-    tracker = RunTracker(client, run.info.run_id, run.info.artifact_uri, tracking)
-    monitor = None
-    if tracking.system_metrics:
-        monitor = _system_monitor(run.info.run_id, tracking)
+    previous = tracking_resume.reattach(client, tracking_resume.run_id_in_state(resume_state), exp)
+    _mark_dead_runs(client, exp, tracking, keep=previous.info.run_id if previous else None)
+    if previous is None:
+        run = client.create_run(exp, run_name=run_name, tags={
+            **run_tags(settings, stage=stage, method=method, student=student, extra=tags),
+            **tracking_resume.owner_tags()})
+        logged: dict[str, set[int]] = {}
+    else:
+        run, logged = previous, tracking_resume.logged_steps(client, previous)
+    tracker = RunTracker(client, run.info.run_id, run.info.artifact_uri, tracking, logged)
+    sampler = start_sampler(tracker, tracking.system_metrics_interval_s, logged) if tracking.system_metrics else None
     if log_config:
-        tracker.log_params(settings.for_log())
+        if previous is None:  # MLflow params are immutable: a reattached run keeps those it was opened with
+            tracker.log_params(settings.for_log())
         tracker.log_yaml(settings.for_log(), "config/resolved.yaml")
     status = "FAILED"
     try:
         yield tracker
         status = "FINISHED"
     finally:
-        if monitor is not None:
-            _stop_system_monitor(monitor)
+        if sampler is not None:
+            sampler.stop()
         tracker.close(status)
 
 
-def _system_monitor(run_id: str, tracking: TrackingSettings):
-    """MLflow's own system-metrics sampler (CPU, memory, GPU when present); None if unavailable."""
+def _mark_dead_runs(client: Any, exp: str, tracking: TrackingSettings, *, keep: str | None) -> None:
     try:
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-        monitor = SystemMetricsMonitor(run_id, sampling_interval=tracking.system_metrics_interval_s,
-                                       samples_before_logging=1, tracking_uri=tracking.uri)
-        monitor.start()
-        return monitor
-    except Exception as err:  # noqa: BLE001 - psutil missing or an old MLflow: tracking goes on without it
-        log.warning("tracking: system metrics unavailable (%s)", err)
-        return None
-
-
-def _stop_system_monitor(monitor: Any) -> None:
-    """Stop the sampler, then publish the samples of its last, unfinished interval: MLflow's loop drops them when it
-    stops, so a run shorter than one interval would otherwise have no system metrics at all."""
-    with contextlib.suppress(Exception):
-        monitor.finish()
-        monitor.collect_metrics()
-        monitor.publish_metrics(monitor.aggregate_metrics())
-        monitor.mlflow_logger.flush()
+        tracking_resume.mark_dead_runs(client, exp, spool_dir=tracking.spool_dir, keep=keep)
+    except Exception as err:  # noqa: BLE001 - housekeeping of old runs must never block new work
+        log.warning("tracking: could not check for runs left RUNNING (%s)", err)
 
 
 def student_model_name(profile: str, method: str) -> str:

@@ -21,6 +21,7 @@ from dkdm.stages.common import (
     base_distill_config,
     make_extractor,
 )
+from dkdm.teacher_compat import check_teacher_compat
 from dkdm.tuning_config import TuneSettings
 from dkdm.tuning_objective import TrialBudget, TuneInputs
 
@@ -87,6 +88,7 @@ def load_inputs(settings: Settings, tune: TuneSettings, paths: InputPaths, devic
     from training.eval import load_reference_stats
 
     check_paths(settings, paths)
+    check_teacher_compat(settings, paths.teacher)
     space = space_for(settings)
     teacher, _, _ = space.load_model(paths.teacher, device)
     # Teacher and student walk the profile's process (settings checked the pair); build_run re-checks pixel ones.

@@ -25,7 +25,8 @@ def load_celeba64(
     """
     folder = find_celeba_dir(Path(root))
     data = load_image_folder(
-        folder, image_size, channels=3, resample="bilinear-cv2", limit=limit, workers=workers, name="celeba64"
+        folder, image_size, channels=3, resample="bilinear-cv2", limit=limit, workers=workers, name="celeba64",
+        crop=False,
     )
     return ImageDataset(
         name="celeba64", images=data.images, source=data.source,

@@ -51,7 +51,21 @@ def resize_square(image: np.ndarray, size: int, method: str) -> np.ndarray:
     return out[..., None] if out.ndim == 2 else out
 
 
-def read_image(path: Path, *, channels: int, size: int | None, method: str) -> np.ndarray:
+def center_crop(image: np.ndarray) -> np.ndarray:
+    """The centred min(H, W) square of an H×W×C image (the odd pixel of an odd difference goes to the bottom/right)."""
+    h, w = image.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return image[top : top + side, left : left + side]
+
+
+def to_square(image: np.ndarray, size: int, method: str, *, crop: bool = True) -> np.ndarray:
+    """The one rule for bring-your-own images: a non-square image is centre-cropped to a square (as ADM's
+    image datasets are), then resized to size×size; `crop=False` squashes instead (CelebA-64's protocol)."""
+    return resize_square(center_crop(image) if crop else image, size, method)
+
+
+def read_image(path: Path, *, channels: int, size: int | None, method: str, crop: bool = True) -> np.ndarray:
     try:
         with Image.open(path) as pil:
             pil = pil.convert("L" if channels == 1 else "RGB")
@@ -60,7 +74,7 @@ def read_image(path: Path, *, channels: int, size: int | None, method: str) -> n
         raise ValueError(f"{path}: cannot be read as an image ({exc})") from None
     if arr.ndim == 2:
         arr = arr[..., None]
-    return arr if size is None else resize_square(arr, size, method)
+    return arr if size is None else to_square(arr, size, method, crop=crop)
 
 
 def load_image_folder(
@@ -72,8 +86,9 @@ def load_image_folder(
     limit: int | None = None,
     workers: int | None = None,
     name: str | None = None,
+    crop: bool = True,
 ) -> ImageDataset:
-    """Every image below `folder`, resized to image_size×image_size (squashed, no crop).
+    """Every image below `folder` as image_size×image_size: non-square ones centre-cropped first (`to_square`).
 
     Without `image_size` all images must already share one size.
     """
@@ -90,14 +105,16 @@ def load_image_folder(
     workers = workers or min(8, os.cpu_count() or 1)
     # Pillow releases the GIL while decoding, so threads help on large folders such as CelebA.
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        images = list(pool.map(lambda p: read_image(p, channels=channels, size=image_size, method=resample), files))
+        images = list(pool.map(lambda p: read_image(p, channels=channels, size=image_size, method=resample, crop=crop),
+                               files))
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
         raise ValueError(
             f"image folder {folder} mixes sizes {sorted(shapes)[:3]}...: pass image_size to resize them"
         )
     labels, classes = class_labels(folder, files)
-    meta = {"format": "image-folder", "resample": resample if image_size else "none"}
+    meta = {"format": "image-folder", "resample": resample if image_size else "none",
+            "non_square": "center-crop" if crop else "squash"}
     if classes:
         meta["classes"] = ",".join(classes)
     return ImageDataset(
@@ -142,11 +159,11 @@ def load_npz(path: Path | str, image_size: int | None = None, *, resample: str =
             raise ValueError(f"{path}: cannot read arrays ({exc})") from None
     check_images_uint8(images, what=f"{path} arr_0")
     if image_size is not None and images.shape[1:3] != (image_size, image_size):
-        images = np.stack([resize_square(im, image_size, resample) for im in images])
+        images = np.stack([to_square(im, image_size, resample) for im in images])
     return ImageDataset(
         name=path.stem,
         images=np.ascontiguousarray(images),
         labels=labels,
         source=str(path),
-        meta={"format": "npz"},
+        meta={"format": "npz", "non_square": "center-crop"},
     )

@@ -27,7 +27,8 @@ def load_dataset(
 
     `split` applies to the named datasets (digits: all/train/test; cifar10: train/test;
     imagenet32: train/val; celeba64 has one). `image_size` must match a named dataset's native size
-    (celeba64 is resized to it); for a path it is the size images are squashed to. `channels` (1 or 3)
+    (celeba64 is resized to it); for a path, images
+    are brought to it by `to_square` (non-square ones centre-cropped first, then resized). `channels` (1 or 3)
     converts an image folder's files on reading (default 3) and is checked against anything else.
     """
     data = _load(name_or_path, root=root, image_size=image_size, split=split, limit=limit, channels=channels)

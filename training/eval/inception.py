@@ -54,10 +54,9 @@ def load_fid_inception(weights_path: str | Path | None = None) -> nn.Module:
     path = resolve_weights_path(weights_path)
     # torch-fidelity unpickles the file with weights_only=False; loading it first with weights_only=True
     # proves it holds nothing but tensors, so that second load cannot run code.
-    try:
-        torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any refusal means "not a plain state dict"
-        raise ValueError(f"{path}: not a plain tensor state dict, refused ({type(exc).__name__}: {exc})") from None
+    from training.models.safe_load import load_weights_only
+
+    load_weights_only(path, what="Inception weights file")  # UnsafeFileError (a ValueError): one safe line
     return FeatureExtractorInceptionV3(
         "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(path)
     )

@@ -5,8 +5,6 @@ Only `torch.load(..., weights_only=True)` is ever used: a pickle that would run 
 from __future__ import annotations
 
 import os
-import pickle
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ import torch
 
 from .checkpoint import CheckpointError, build_from_state_dict, file_sha256, save_checkpoint
 from .presets import get_preset_info
+from .safe_load import UnsafeFileError, load_weights_only
 
 # Keys under which training scripts commonly wrap the weights; EMA first when EMA weights are preferred.
 _EMA_KEYS = ("ema", "ema_model", "model_ema", "ema_state_dict")
@@ -42,28 +41,13 @@ def _unwrap(obj: Any, path: Path, prefer_ema: bool) -> Mapping[str, torch.Tensor
     raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict")
 
 
-def _pickle_reason(err: BaseException) -> str:
-    # torch's weights-only errors are long help texts; the line naming the offending item is the useful one.
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    key = next((line for line in lines if "GLOBAL" in line or "nsupported" in line), None)
-    return key or (lines[0] if lines else type(err).__name__)
-
-
 def _read_raw(path: Path, prefer_ema: bool) -> Mapping[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        reason = _pickle_reason(err)
-        match = re.search(r"GLOBAL ([\w.]+)", reason)
-        if match or "global" in reason.lower():
-            what = f" (it references {match.group(1)})" if match else ""
-            raise CheckpointError(f"{path}: refused: the file contains executable pickle content and is not loaded"
-                                  f"{what}; only tensors and plain containers are accepted") from None
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
-    except Exception as err:  # the loaders raise many types on corrupt input; all mean "unreadable"
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_pickle_reason(err)})") from None
+        obj = load_weights_only(path)
+    except UnsafeFileError as err:
+        raise CheckpointError(str(err)) from None
     return _unwrap(obj, path, prefer_ema)
 
 

@@ -10,7 +10,6 @@ Foreign files are only read with `torch.load(..., weights_only=True)`.
 """
 from __future__ import annotations
 
-import pickle
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from torch import nn
 
 from training.diffusion.ldm import SCHEDULE_BUFFERS, LatentDiffusion
 from training.models.ldm_unet import LDMUNet, LDMUNetConfig
+from training.models.safe_load import UnsafeFileError, load_weights_only
 from training.models.vq import VQConfig, VQModel
 
 UNET_PREFIX = "model.diffusion_model."
@@ -47,13 +47,9 @@ def read_foreign_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise LDMCheckpointError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LDMCheckpointError(f"{path}: not loadable with torch.load(weights_only=True) ({first_line}); "
-                                 "re-save only its state_dict") from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise LDMCheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from None
+        obj = load_weights_only(path)
+    except UnsafeFileError as err:
+        raise LDMCheckpointError(str(err)) from None
     state = obj.get("state_dict", obj) if isinstance(obj, Mapping) else None
     if not isinstance(state, Mapping) or not state:
         raise LDMCheckpointError(f"{path}: holds no state dict (expected a mapping, or one under 'state_dict')")

@@ -101,6 +101,9 @@ class Trainer:
         self.best_step: int | None = None
         self.evals_since_best = 0
         self.last_eval: dict[str, float] = {}
+        # Every metric logged so far, kept in the resume state: a resumed run hands the tracker its whole history
+        # (a store that lost the last records before a crash, or a new run, gets them; a loss curve is complete).
+        self.history: list[tuple[int, dict[str, float]]] = []
         self._window = torch.zeros(len(LOSS_KEYS) + 1, dtype=torch.float64, device=self.device)
 
     # ------------------------------------------------------------------ one step
@@ -173,6 +176,10 @@ class Trainer:
         metrics["train/lr"] = float(self.optimizer.param_groups[0]["lr"])
         metrics["train/skipped_steps"] = float(self.skipped_steps)
         metrics.update({f"train/{k}": v for k, v in self.source.stats().items()})
+        self._log(metrics)
+
+    def _log(self, metrics: dict[str, float]) -> None:
+        self.history.append((self.step, metrics))
         self.tracker.log_metrics(metrics, self.step)
 
     def _evaluate(self) -> bool:
@@ -184,7 +191,7 @@ class Trainer:
             self.ema.model.eval()
             metrics = {k: float(v) for k, v in self.eval_fn(self.step, self.ema.model).items()}
             self.last_eval = metrics
-            self.tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, self.step)
+            self._log({f"eval/{k}": v for k, v in metrics.items()})
             name = self.config.select_metric
             if name is not None:
                 if name not in metrics:
@@ -238,6 +245,7 @@ class Trainer:
                 "optimizer": optim_meta,
                 "config": self.config.model_dump(mode="json"),
                 "run": self.run_meta,
+                "history": [[step, metrics] for step, metrics in self.history],
             }
             atomic_save_tensors(path, tensors, meta)
         self.ctx.barrier()
@@ -268,6 +276,9 @@ class Trainer:
         self.best_value, self.best_step = meta["best_value"], meta["best_step"]
         self.evals_since_best = int(meta["evals_since_best"])
         self.last_eval = dict(meta["last_eval"])
+        self.history = [(int(step), dict(metrics)) for step, metrics in meta.get("history", [])]
+        for step, metrics in self.history:
+            self.tracker.log_metrics(metrics, step)
 
     def resume_if_possible(self) -> bool:
         """Load `<out_dir>/resume.safetensors` if it exists (stray temp files of a crashed write are ignored)."""

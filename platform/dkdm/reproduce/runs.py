@@ -194,7 +194,7 @@ def _method_inputs(ctx: Context, method: str) -> dict[str, Any]:
 
 def train_one(ctx: Context, params: ExperimentParams, variant: str, seed: int) -> dict[str, Any]:
     """One student of the grid at the shared budget; resumable (the platform's train_network)."""
-    from dkdm.stages.training import train_network
+    from dkdm.stages.training import resume_state_file, train_network
 
     spec = _spec(params, variant, seed)
     settings = ctx.settings
@@ -204,14 +204,15 @@ def train_one(ctx: Context, params: ExperimentParams, variant: str, seed: int) -
     curve = CurveRecorder(ctx, folder / "curve.csv") if config.eval_every else None
     stage = "distill" if spec.method in ("dynamic", "shuffled", "iterative") else "train"
     tags = {**EXPERIMENT_TAG, "dkdm.variant": variant, "dkdm.rho": str(config.rho) if spec.method == "dynamic" else None}
-    with start_run(settings, stage=stage, run_name=f"reproduce-{run_name(variant, seed)}", method=spec.method,
-                   student=preset, tags=tags) as tracker:
+    name, identity = f"reproduce-{run_name(variant, seed)}", {"teacher": teacher_fingerprint(), "variant": variant}
+    with start_run(settings, stage=stage, run_name=name, method=spec.method, student=preset, tags=tags,
+                   resume_state=resume_state_file(settings, name, preset, config, identity)) as tracker:
         result = train_network(
-            ctx, PixelSpace(settings), name=f"reproduce-{run_name(variant, seed)}", preset=preset, config=config,
+            ctx, PixelSpace(settings), name=name, preset=preset, config=config,
             out_file=folder / "student.safetensors", tracker=tracker, loss_csv=folder / "train_log.csv",
             provenance={"source": "dkdm reproduce", "variant": variant, "method": spec.method, "seed": seed,
                         "teacher": settings.teacher.preset},
-            extra_key={"teacher": teacher_fingerprint(), "variant": variant}, eval_fn=curve,
+            extra_key=identity, eval_fn=curve,
             **_method_inputs(ctx, spec.method),
         )
         record = {"variant": variant, "seed": seed, "method": spec.method, "rho": config.rho,

@@ -136,7 +136,9 @@ class LatentSpace:
         from training.diffusion.ldm import LatentDiffusionConfig
 
         latent = self.settings.teacher.latent
-        scale = float(read_json(require(AUTOENCODER_INFO, "dkdm autoencoder"))["scale_factor"])
+        from dkdm.first_stage_info import read_scale_factor
+
+        scale = read_scale_factor(require(AUTOENCODER_INFO, "dkdm autoencoder"))
         return {"space": "latent", **LatentDiffusionConfig(self.settings.diffusion.steps, latent.linear_start,
                                                            latent.linear_end, scale).to_dict()}
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from dkdm.console import Context, summary
 from dkdm.errors import DkdmError
 from dkdm.spaces import Space, SpaceSampler, space_for
+from dkdm.teacher_compat import check_teacher_compat
 from dkdm.stages.common import (
     CURVES_DIR,
     POOL_FILE,
@@ -31,7 +32,7 @@ from dkdm.stages.common import (
     teacher_fingerprint,
     write_json,
 )
-from dkdm.stages.training import train_network
+from dkdm.stages.training import resume_state_file, train_network
 from dkdm.tracking import start_run, student_model_name
 from training.distill.config import DistillConfig
 from training.train.trainer import EvalFn
@@ -108,6 +109,8 @@ def early_stop_metric(ctx: Context, space: Space, config: DistillConfig) -> Eval
 def run(ctx: Context, run_name: str, *, allowed: tuple[str, ...] | None) -> None:
     from training.distill.config import POOL_METHODS
 
+    check_teacher_compat(ctx.settings)  # before anything is written: a teacher of another T refused in one line
+
     settings = ctx.settings
     space = space_for(settings)
     spec = run_spec(settings, run_name, allowed)
@@ -121,7 +124,8 @@ def run(ctx: Context, run_name: str, *, allowed: tuple[str, ...] | None) -> None
     out_file = student_file(run_name)
     stage = "distill" if spec.method in POOL_METHODS else "train"
     with start_run(settings, stage=stage, run_name=f"{run_name}-{preset}", method=spec.method, student=preset,
-                   tags={**md5_tags(None), "dkdm.run": run_name, "dkdm.space": space.name}) as tracker:
+                   tags={**md5_tags(None), "dkdm.run": run_name, "dkdm.space": space.name},
+                   resume_state=resume_state_file(settings, f"student-{run_name}", preset, config, identity)) as tracker:
         result = train_network(
             ctx, space, name=f"student-{run_name}", preset=preset, config=config, out_file=out_file, tracker=tracker,
             loss_csv=CURVES_DIR / f"{run_name}.csv", extra_key=identity,

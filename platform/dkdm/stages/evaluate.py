@@ -17,6 +17,7 @@ from dkdm.console import Context, summary
 from dkdm.errors import DkdmError
 from dkdm.lineage import locked_md5
 from dkdm.spaces import space_for
+from dkdm.teacher_compat import check_evaluation
 from dkdm.stages.common import (
     REAL_STATS_FILE,
     STUDENTS_DIR,
@@ -112,6 +113,7 @@ def run(ctx: Context, *, run: str | None = None, checkpoint: Path | None = None,
     settings = ctx.settings
     ev = settings.evaluate
     target = _target(ctx, run, checkpoint, teacher)
+    check_evaluation(settings, target["file"], pipeline_file=target["method"] is not None)  # before any write
     space = space_for(settings)
     extractor = make_extractor(settings, ctx.device)
     real_stats = load_reference_stats(require(REAL_STATS_FILE, "dkdm features"), expected_space=extractor.space)

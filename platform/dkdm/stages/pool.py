@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dkdm.console import Context, summary
 from dkdm.spaces import space_for
+from dkdm.teacher_compat import check_teacher_compat
 from dkdm.stages.common import (
     POOL_FILE,
     base_distill_config,
@@ -29,6 +30,7 @@ def run(ctx: Context, *, out: Path | None = None) -> None:
     from training.distill.teacher import DiffusionTeacherStep
 
     settings = ctx.settings
+    check_teacher_compat(settings)  # before anything is written: a teacher of another T refused in one line
     d = settings.distill
     space = space_for(settings)
     base = base_distill_config(settings)

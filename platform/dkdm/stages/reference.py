@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dkdm.console import Context, summary
 from dkdm.spaces import space_for
+from dkdm.teacher_compat import check_teacher_compat
 from dkdm.stages.common import (
     REFERENCE_DIR,
     REFERENCE_METRICS,
@@ -31,6 +32,7 @@ def run(ctx: Context) -> None:
     from training.eval.stats import compute_reference_stats
 
     settings = ctx.settings
+    check_teacher_compat(settings)  # before anything is written: a teacher of another T refused in one line
     ref = settings.reference
     space = space_for(settings)
     real, _ = load_real_images(settings)

@@ -12,6 +12,7 @@ import torch
 from dkdm.console import Context, summary
 from dkdm.errors import DkdmError
 from dkdm.spaces import checkpoint_space, space_for
+from dkdm.teacher_compat import check_if_teacher
 
 
 def run(ctx: Context, *, checkpoint: Path, num: int, steps: str, ddim: bool, eta: float, batch_size: int,
@@ -22,6 +23,7 @@ def run(ctx: Context, *, checkpoint: Path, num: int, steps: str, ddim: bool, eta
         raise DkdmError(f"checkpoint: file {checkpoint} does not exist")
     if out.suffix != ".npz":
         raise DkdmError(f"--out: {out} must end in .npz")
+    check_if_teacher(ctx.settings, checkpoint)
     space = space_for(ctx.settings, checkpoint_space(checkpoint))
     model, process, _ = space.load_model(checkpoint, ctx.device, ema=ema)
     count = space.sampling_steps(process, steps, ddim)

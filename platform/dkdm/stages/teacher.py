@@ -8,7 +8,7 @@ from dkdm.console import Context, summary
 from dkdm.errors import DkdmError
 from dkdm.spaces import space_for
 from dkdm.stages.common import CURVES_DIR, TEACHER_FILE, load_real_images
-from dkdm.stages.training import train_network
+from dkdm.stages.training import resume_state_file, train_network
 from dkdm.tracking import start_run
 
 
@@ -33,7 +33,8 @@ def train(ctx: Context, *, iterations: int | None = None) -> None:
     images, _ = load_real_images(settings)
     inputs = space.encode_all(images, ctx.device)
     with start_run(settings, stage="teacher", run_name=f"teacher-{teacher.preset}", method="teacher",
-                   student=teacher.preset) as tracker:
+                   student=teacher.preset, resume_state=resume_state_file(settings, "teacher", teacher.preset,
+                                                                          config)) as tracker:
         result = train_network(
             ctx, space, name="teacher", preset=teacher.preset, config=config, out_file=TEACHER_FILE, tracker=tracker,
             loss_csv=CURVES_DIR / "teacher.csv", real_images=inputs,

@@ -12,12 +12,14 @@ from typing import Any
 from torch import Tensor, nn
 
 from dkdm.console import Context
-from dkdm.spaces import Space
-from dkdm.stages.common import clear_work_dir, work_dir, write_csv
+from dkdm.settings import Settings
+from dkdm.spaces import Space, space_for
+from dkdm.stages.common import WORK_DIR, clear_work_dir, work_dir, write_csv
 from training.distill.config import DistillConfig
 from training.distill.sources import Encoder
 from training.train.tracker import Tracker
 from training.train.trainer import EvalFn, Trainer
+from dkdm.tracking_resume import RUN_ID_KEY
 
 LOSS_COLUMNS = ("step", "loss", "mse", "vb")
 
@@ -49,6 +51,20 @@ def run_key(name: str, config: DistillConfig, extra: Mapping[str, Any]) -> str:
     """A work folder per exact configuration, so a stale resume state never meets a changed run."""
     blob = json.dumps({"config": config.model_dump(mode="json"), **extra}, sort_keys=True, default=str)
     return f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def training_folder(space: Space, name: str, preset: str, config: DistillConfig,
+                    extra_key: Mapping[str, Any] | None) -> Path:
+    """Where train_network keeps the resume state of this exact run (not created here)."""
+    return WORK_DIR / run_key(name, config, {"preset": preset, "diffusion": space.diffusion_config(), **(extra_key or {})})
+
+
+def resume_state_file(settings: Settings, name: str, preset: str, config: DistillConfig,
+                      extra_key: Mapping[str, Any] | None = None) -> Path:
+    """The resume checkpoint of this run; start_run(resume_state=...) reattaches to the MLflow run it names."""
+    from training.train.trainer import RESUME_FILE
+
+    return training_folder(space_for(settings), name, preset, config, extra_key) / RESUME_FILE
 
 
 def restore_best_ema(trainer: Trainer, folder: Path) -> int | None:
@@ -92,15 +108,14 @@ def train_network(
 
     torch.manual_seed(config.seed)  # weight initialisation; the trainer seeds everything after it
     student = create_model(get_preset(preset))
-    diffusion_config = space.diffusion_config()
-    diffusion = space.process(diffusion_config, ctx.device)
-    folder = work_dir(run_key(name, config, {"preset": preset, "diffusion": diffusion_config, **(extra_key or {})}))
+    diffusion = space.process(space.diffusion_config(), ctx.device)
+    folder = work_dir(training_folder(space, name, preset, config, extra_key).name)
     log = LossLog(tracker, loss_csv)
     trainer = build_run(
         config, student=student, student_diffusion=diffusion, image_shape=space.model_shape(), device=ctx.device,
         teacher=teacher, teacher_diffusion=diffusion if teacher is not None else None, pool_path=pool_path,
         real_images=real_images, synthetic_images=synthetic_images, encode=encode, out_dir=folder, tracker=log,
-        eval_fn=eval_fn, run_meta={"name": name, "preset": preset, "space": space.name},
+        eval_fn=eval_fn, run_meta={"name": name, "preset": preset, "space": space.name, RUN_ID_KEY: getattr(tracker, "run_id", "")},
     )
     resumed = trainer.resume_if_possible()
     start_step = trainer.step
