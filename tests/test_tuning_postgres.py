@@ -100,8 +100,8 @@ def test_two_workers_on_postgres_run_exactly_the_requested_trials(postgres_url: 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_heartbeat_fails_a_silent_workers_trial(postgres_url: str) -> None:
-    from dkdm.tuning_config import TuneSettings
-    from dkdm.tuning_storage import fail_stale, open_storage
+    from dkdm.tuning.config import TuneSettings
+    from dkdm.tuning.storage import fail_stale, open_storage
 
     storage: Any = open_storage(postgres_url, TuneSettings(heartbeat_interval_s=1, grace_period_s=2))
     assert storage.get_heartbeat_interval() == 1

@@ -5,17 +5,16 @@ Pipeline stages (what dvc.yaml runs): data, autoencoder, teacher, features, refe
 """
 from __future__ import annotations
 
-import functools
-import importlib.util
-import logging
-import os
-import sys
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Optional
 
 import typer
+import yaml
 
-from dkdm.errors import EXIT_USAGE, DkdmError
+from dkdm import profiles
+from dkdm.command import context, handles_errors
+from dkdm.reproduce.commands import app as reproduce_app
+from dkdm.tuning.commands import app as tune_app
 
 app = typer.Typer(
     name="dkdm",
@@ -29,6 +28,8 @@ app = typer.Typer(
 profile_app = typer.Typer(help="List, show and switch profiles (the active one is params.yaml).",
                           no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(profile_app, name="profile")
+app.add_typer(tune_app, name="tune", help="Optuna studies over the settings (see the README)")
+app.add_typer(reproduce_app, name="reproduce", help="The paper's claims over methods x seeds x rho, with verdicts")
 
 ProfileOpt = Annotated[
     Optional[str],
@@ -36,72 +37,6 @@ ProfileOpt = Annotated[
                  "default: params.yaml, the active profile"),
 ]
 RunOpt = Annotated[str, typer.Option("--run", "-r", help="run name from distill.runs (e.g. dynamic, data_free)")]
-# Errors the training code raises for bad inputs (missing files, wrong shapes, mismatched checkpoints).
-USER_ERRORS: tuple[type[BaseException], ...] = (DkdmError, ValueError, FileNotFoundError, KeyError, PermissionError)
-
-
-def _fail(message: str, code: int = EXIT_USAGE) -> None:
-    first = (message.strip().splitlines() or ["error"])[0]
-    sys.stderr.write(f"dkdm: error: {first}\n")
-    raise typer.Exit(code)
-
-
-def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """User errors become one line on stderr and exit 2; `DKDM_DEBUG=1` shows the traceback instead."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        logging.basicConfig(level=logging.WARNING, format="dkdm: %(message)s")
-        try:
-            return fn(*args, **kwargs)
-        except typer.Exit:
-            raise
-        except USER_ERRORS as err:
-            if os.environ.get("DKDM_DEBUG"):
-                raise
-            text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
-            _fail(text or type(err).__name__)
-        except KeyboardInterrupt:
-            _fail("interrupted", 130)
-        except Exception as err:  # a bug, not the user's fault: still one line, but say how to see more
-            if os.environ.get("DKDM_DEBUG"):
-                raise
-            if _is_training_input_error(err):
-                _fail(str(err) or type(err).__name__)
-            _fail(f"internal error {type(err).__name__}: {err} (set DKDM_DEBUG=1 for the traceback)", 1)
-
-    return wrapper
-
-
-def _is_training_input_error(err: Exception) -> bool:
-    """Checkpoint problems (bad file, key mismatch, refused pickle) are the user's to fix, not bugs."""
-    try:
-        from training.models.checkpoint import CheckpointError
-    except ImportError:
-        return False
-    return isinstance(err, CheckpointError)
-
-
-def context(profile: str | None, overrides: dict[str, Any] | None = None):
-    """Resolve and validate the profile once; every command starts here, before any work."""
-    from dkdm import profiles
-    from dkdm.console import Context, apply_runtime
-    from dkdm.settings import load_settings
-
-    path = profiles.resolve(profile)
-    settings = load_settings(path, overrides)
-    if settings.tracking.enabled:
-        from dkdm.tracking import check_reachable
-
-        check_reachable(settings.tracking)  # an unreachable server is an error before any work, not after
-    apply_runtime(settings)
-    return Context(settings=settings, profile_file=path)
-
-
-def _stage(module: str):
-    return importlib.import_module(f"dkdm.stages.{module}")
-
-
 # --------------------------------------------------------------------------- pipeline stages
 
 
@@ -109,21 +44,27 @@ def _stage(module: str):
 @handles_errors
 def data_cmd(profile: ProfileOpt = None) -> None:
     """Load the profile's dataset through its real loader and write outputs/data (uint8 NHWC .npz)."""
-    _stage("data").run(context(profile))
+    from dkdm.stages import data
+
+    data.run(context(profile))
 
 
 @app.command("autoencoder")
 @handles_errors
 def autoencoder_cmd(profile: ProfileOpt = None) -> None:
     """Latent profiles: train (or import) the first stage; pixel profiles: record that there is none."""
-    _stage("autoencoder").run(context(profile))
+    from dkdm.stages import autoencoder
+
+    autoencoder.run(context(profile))
 
 
 @app.command("teacher")
 @handles_errors
 def teacher_cmd(profile: ProfileOpt = None) -> None:
     """The profile's teacher: train it (teacher.source: train) or import its .pt (teacher.source: import)."""
-    _stage("teacher").run(context(profile))
+    from dkdm.stages import teacher
+
+    teacher.run(context(profile))
 
 
 @app.command("train-teacher")
@@ -133,8 +74,10 @@ def train_teacher_cmd(
     iterations: Annotated[Optional[int], typer.Option(help="override teacher.train.iterations")] = None,
 ) -> None:
     """Train the teacher preset on the real data (the embedded CPU profiles), tracked in MLflow."""
+    from dkdm.stages import teacher
+
     ctx = context(profile)
-    _stage("teacher").train(ctx, iterations=iterations)
+    teacher.train(ctx, iterations=iterations)
 
 
 @app.command("import-teacher")
@@ -146,22 +89,28 @@ def import_teacher_cmd(
     profile: ProfileOpt = None,
 ) -> None:
     """Convert a foreign .pt state dict (loaded with weights_only=True) plus a preset into dkdm's safetensors format."""
+    from dkdm.stages import teacher
+
     ctx = context(profile)
-    _stage("teacher").import_(ctx, checkpoint=checkpoint, preset=preset, out=out)
+    teacher.import_(ctx, checkpoint=checkpoint, preset=preset, out=out)
 
 
 @app.command("features")
 @handles_errors
 def features_cmd(profile: ProfileOpt = None) -> None:
     """Prepare the feature space (digits classifier or Inception weights) and the real data's reference statistics."""
-    _stage("features").run(context(profile))
+    from dkdm.stages import features
+
+    features.run(context(profile))
 
 
 @app.command("reference")
 @handles_errors
 def reference_cmd(profile: ProfileOpt = None) -> None:
     """Sample the teacher's set D' (FD'/FID' reference, noise floor, data-free training set) and score the teacher."""
-    _stage("reference").run(context(profile))
+    from dkdm.stages import reference
+
+    reference.run(context(profile))
 
 
 @app.command("prepare-pool")
@@ -171,23 +120,28 @@ def prepare_pool_cmd(
     out: Annotated[Optional[Path], typer.Option(help="output pool file (default: outputs/pool/pool.safetensors)")] = None,
 ) -> None:
     """Prepare the dynamic-iterative pool with the teacher (resumable: rerun after an interruption)."""
-    _stage("pool").run(context(profile), out=out)
+    from dkdm.stages import pool
+
+    pool.run(context(profile), out=out)
 
 
 @app.command("distill")
 @handles_errors
 def distill_cmd(run: RunOpt, profile: ProfileOpt = None) -> None:
     """Train one student of distill.runs: DKDM (dynamic / shuffled / iterative) or a baseline; resumable."""
-    _stage("distill").run(context(profile), run, allowed=None)
+    from dkdm.stages import distill
+
+    distill.run(context(profile), run, allowed=None)
 
 
 @app.command("train")
 @handles_errors
 def train_cmd(run: RunOpt, profile: ProfileOpt = None) -> None:
     """Train a baseline of distill.runs (data_free / data_limited / data_based) with the ordinary hybrid loss."""
+    from dkdm.stages import distill
     from training.distill.config import DATASET_METHODS
 
-    _stage("distill").run(context(profile), run, allowed=DATASET_METHODS)
+    distill.run(context(profile), run, allowed=DATASET_METHODS)
 
 
 @app.command("evaluate")
@@ -199,14 +153,18 @@ def evaluate_cmd(
     profile: ProfileOpt = None,
 ) -> None:
     """Sample a student (EMA, evaluate.respacing steps) and score it: FD family, precision/recall, cost figures."""
-    _stage("evaluate").run(context(profile), run=run, checkpoint=checkpoint, teacher=teacher)
+    from dkdm.stages import evaluate
+
+    evaluate.run(context(profile), run=run, checkpoint=checkpoint, teacher=teacher)
 
 
 @app.command("report")
 @handles_errors
 def report_cmd(profile: ProfileOpt = None) -> None:
     """Compare every evaluated run with the teacher and the noise floor: outputs/report/report.md + summary.json."""
-    _stage("report").run(context(profile))
+    from dkdm.stages import report
+
+    report.run(context(profile))
 
 
 # --------------------------------------------------------------------------- tools
@@ -228,9 +186,11 @@ def sample_cmd(
     profile: ProfileOpt = None,
 ) -> None:
     """Draw samples from a checkpoint: an ADM-compatible .npz and a PNG grid; deterministic for a seed."""
+    from dkdm.stages import sample
+
     ctx = context(profile)
-    _stage("sample").run(ctx, checkpoint=checkpoint, num=num, steps=steps, ddim=ddim, eta=eta,
-                         batch_size=batch_size, seed=seed, ema=ema, out=out, grid=grid)
+    sample.run(ctx, checkpoint=checkpoint, num=num, steps=steps, ddim=ddim, eta=eta,
+               batch_size=batch_size, seed=seed, ema=ema, out=out, grid=grid)
 
 
 @app.command("dashboard")
@@ -242,11 +202,9 @@ def dashboard_cmd(
     profile: ProfileOpt = None,
 ) -> None:
     """Serve the Streamlit dashboard over the MLflow runs (tracking.uri), Optuna studies and the paper's tables."""
+    from dkdm.dashboard import run_dashboard  # deferred: pandas and the queries load only for this command
+
     ctx = context(profile)
-    try:
-        from dkdm.dashboard import run_dashboard
-    except ImportError as err:
-        raise DkdmError(f"the dashboard is not installed in this checkout ({err})") from None
     code = run_dashboard(port=port, address=address, tracking_uri=ctx.settings.tracking.uri, storage=storage)
     raise typer.Exit(code)
 
@@ -258,8 +216,6 @@ def dashboard_cmd(
 @handles_errors
 def profile_list() -> None:
     """Every available profile, with the active one (params.yaml) marked."""
-    from dkdm import profiles
-
     active = profiles.profile_name(profiles.ACTIVE_FILE) if profiles.ACTIVE_FILE.is_file() else None
     for name, path in sorted(profiles.available().items()):
         mark = "*" if name == active else " "
@@ -270,8 +226,6 @@ def profile_list() -> None:
 @handles_errors
 def profile_show(profile: Annotated[Optional[str], typer.Argument(help="name or file (default: params.yaml)")] = None) -> None:
     """Print every resolved setting of a profile (after .env and DKDM_* environment overrides)."""
-    import yaml
-
     ctx = context(profile)
     typer.echo(yaml.safe_dump(ctx.settings.for_log(), sort_keys=False).rstrip())
 
@@ -280,35 +234,7 @@ def profile_show(profile: Annotated[Optional[str], typer.Argument(help="name or 
 @handles_errors
 def profile_use(name: Annotated[str, typer.Argument(help="profile to activate (see `dkdm profile list`)")]) -> None:
     """Make NAME the active profile: params.yaml is replaced by its file, atomically, after validation."""
-    from dkdm import profiles
-    from dkdm.console import summary
+    from dkdm.console import summary  # deferred: console imports the settings, and they import torch
 
     path = profiles.use(name)
     summary(f"active profile: {name} ({path}); run `dvc repro` (or `dvc status` to see what changes)")
-
-
-# Commands contributed by optional modules: each brings its own typer app and is offered only where installed.
-OPTIONAL_COMMANDS = {
-    "tune": ("dkdm.tuning", "Optuna studies over the settings (see the README)"),
-    "reproduce": ("dkdm.reproduce.commands", "The paper's claims over methods x seeds x rho, with verdicts"),
-}
-
-
-def _register_optional_commands() -> None:
-    for name, (module, help_text) in OPTIONAL_COMMANDS.items():
-        try:
-            if importlib.util.find_spec(module) is None:
-                continue
-            extension = importlib.import_module(module)
-        except Exception as err:  # noqa: BLE001 - a broken optional module must not take the whole CLI down
-            logging.getLogger(__name__).warning("dkdm %s unavailable: %s", name, err)
-            continue
-        if isinstance(getattr(extension, "app", None), typer.Typer):
-            app.add_typer(extension.app, name=name, help=help_text)
-
-
-_register_optional_commands()
-
-
-def main() -> None:
-    app()

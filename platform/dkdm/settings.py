@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from dkdm.errors import DkdmError, one_line
 from dkdm.settings_latent import LatentSettings
-from dkdm.tuning_config import TuneSettings
+from dkdm.tuning.config import TuneSettings
 from training.diffusion.config import DiffusionConfig
 from training.distill.config import DATASET_METHODS, POOL_METHODS, DistillConfig, Method, PoolDType
 from training.train.config import TrainConfig

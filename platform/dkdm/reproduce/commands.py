@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from dkdm.cli import handles_errors
+from dkdm.command import handles_errors
 from dkdm.errors import DkdmError
 
 app = typer.Typer(help="Reproduce the paper's claims: methods x seeds x rho with intervals and verdicts "

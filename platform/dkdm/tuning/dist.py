@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from dkdm.tuning_objective import TrialFailure, TrialPrunedAt
+from dkdm.tuning.objective import TrialFailure, TrialPrunedAt
 from training.train.distributed import DistContext
 
 STOP = "stop"

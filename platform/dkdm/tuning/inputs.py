@@ -14,8 +14,8 @@ import torch
 
 from dkdm.errors import DkdmError
 from dkdm.stages.common import CLASSIFIER_FILE, TEACHER_FILE, TEACHER_STATS_FILE
-from dkdm.tuning_config import TuneSettings
-from dkdm.tuning_objective import TrialBudget, TuneInputs
+from dkdm.tuning.config import TuneSettings
+from dkdm.tuning.objective import TrialBudget, TuneInputs
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from dkdm.dashboard_data import local_store_path
+from dkdm.dashboard_queries.runs import local_store_path
 
 # Where `dkdm tune` may keep its embedded storage when no URL is configured (checked in this order).
 DEFAULT_STORAGE_FILES = ("optuna.db", "optuna.sqlite3", "optuna.journal", "optuna_journal.log",

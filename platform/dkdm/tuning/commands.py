@@ -17,9 +17,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from dkdm.command import context, handles_errors
 from dkdm.errors import DkdmError
-from dkdm.tuning_config import TuneSettings
-from dkdm.tuning_study import TuneSummary, check_study_name, run_study, tune_settings
+from dkdm.tuning.config import TuneSettings
+from dkdm.tuning.study import TuneSummary, check_study_name, run_study, tune_settings
 
 __all__ = ["TuneSettings", "TuneSummary", "app", "best_trials_table", "run_study", "tune_settings"]
 
@@ -32,7 +33,7 @@ def best_trials_table(storage_spec: str, name: str, tune: TuneSettings, top: int
     import optuna
     from rich.table import Table
 
-    from dkdm.tuning_storage import is_url, open_storage
+    from dkdm.tuning.storage import is_url, open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if not is_url(storage_spec) and not Path(storage_spec).is_file():
@@ -106,8 +107,6 @@ def tune_cmd(
     top: Annotated[int, typer.Option(min=1, help="rows of --show")] = 10,
 ) -> None:
     """Run trials of an Optuna study (several workers may share one storage), or --show a study's best trials."""
-    from dkdm.cli import handles_errors
-
     handles_errors(_tune_main)(
         study=study, n_trials=n_trials, storage=storage, profile=profile, pruner=pruner, method_choice=method_choice,
         iterations=iterations, eval_every=eval_every, timeout=timeout, total_trials=total_trials,
@@ -120,9 +119,8 @@ def _tune_main(*, study: str | None, n_trials: int | None, storage: str | None, 
                pruner: str | None, method_choice: bool | None, iterations: int | None, eval_every: int | None,
                timeout: float | None, total_trials: int | None, worker_index: int, teacher: Path | None,
                teacher_stats: Path | None, classifier: Path | None, show: str | None, top: int) -> None:
-    from dkdm.cli import context
     from dkdm.console import summary
-    from dkdm.tuning_inputs import InputPaths
+    from dkdm.tuning.inputs import InputPaths
     from training.train.distributed import init_distributed, shutdown_distributed
 
     ctx = context(profile)
@@ -153,7 +151,3 @@ def _tune_main(*, study: str | None, n_trials: int | None, storage: str | None, 
     registered = f"; registered version {result.registered_version}" if result.registered_version else ""
     summary(f"tune {study}: ran {result.ran} trials ({states} in the study); {best}{registered} "
             f"[{result.storage}, {ctx.elapsed():.0f}s]")
-
-
-if __name__ == "__main__":
-    app(prog_name="dkdm tune")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dkdm.tuning_config import TuneSettings
+from dkdm.tuning.config import TuneSettings
 
 # The key that sets a preset's width, per family.
 WIDTH_KEYS = {"adm-unet": "num_channels", "dit": "hidden_size"}

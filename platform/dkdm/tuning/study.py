@@ -1,7 +1,7 @@
 """The study loop of `dkdm tune`: open or resume the study, run this worker's trials, record them in MLflow.
 
 Under torchrun only rank 0 opens the storage and MLflow; the other ranks follow its announcements
-(dkdm.tuning_dist). A trial that fails (non-finite loss or FD', out of memory, a crash) is recorded as FAIL
+(dkdm.tuning.dist). A trial that fails (non-finite loss or FD', out of memory, a crash) is recorded as FAIL
 with its reason and the study goes on; after `tune.max_consecutive_failures` failures in a row the worker stops.
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from dkdm.errors import DkdmError
-from dkdm.tuning_config import TuneSettings
-from dkdm.tuning_storage import FAIL_REASON_ATTR, WORKER_ATTR
+from dkdm.tuning.config import TuneSettings
+from dkdm.tuning.storage import FAIL_REASON_ATTR, WORKER_ATTR
 
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 ENV_PREFIX = "DKDM_TUNE__"
@@ -143,10 +143,10 @@ def run_study(settings: Any, *, study_name: str, n_trials: int | None, tune: Tun
               paths: Any = None, timeout: float | None = None, worker_index: int = 0,
               total_trials: int | None = None, ctx: Any = None) -> TuneSummary | None:
     """Run trials of one study on this worker; returns the summary on rank 0, None on the other ranks."""
-    from dkdm.tuning_dist import announce, follow, leading
-    from dkdm.tuning_inputs import InputPaths, budget_for, default_method, load_inputs, num_timesteps
-    from dkdm.tuning_objective import TrialRunner
-    from dkdm.tuning_space import SearchSpace
+    from dkdm.tuning.dist import announce, follow, leading
+    from dkdm.tuning.inputs import InputPaths, budget_for, default_method, load_inputs, num_timesteps
+    from dkdm.tuning.objective import TrialRunner
+    from dkdm.tuning.space import SearchSpace
     from training.train.distributed import DistContext
 
     check_study_name(study_name)
@@ -171,9 +171,9 @@ def _lead_study(settings: Any, *, study_name: str, n_trials: int | None, tune: T
                 total_trials: int | None, announce: Any) -> TuneSummary:
     import optuna
 
-    from dkdm.tuning_mlflow import RUN_ID_ATTR, StudyTracking, best_trial, trial_dir
-    from dkdm.tuning_objective import TrialFailure, TrialPrunedAt
-    from dkdm.tuning_storage import fail_stale, open_storage, storage_label, worker_identity
+    from dkdm.tuning.tracking import RUN_ID_ATTR, StudyTracking, best_trial, trial_dir
+    from dkdm.tuning.objective import TrialFailure, TrialPrunedAt
+    from dkdm.tuning.storage import fail_stale, open_storage, storage_label, worker_identity
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(tune.storage, tune)
@@ -257,7 +257,7 @@ def _lead_study(settings: Any, *, study_name: str, n_trials: int | None, tune: T
 def _drop_beaten_students(study: Any, out_dir: Path, study_name: str) -> None:
     """Delete the students of complete trials that are not the best: a final value never changes, so a beaten
     trial can never become the best again (running trials are untouched)."""
-    from dkdm.tuning_mlflow import best_trial, trial_dir
+    from dkdm.tuning.tracking import best_trial, trial_dir
 
     best = best_trial(study)
     for trial in study.get_trials(deepcopy=False):

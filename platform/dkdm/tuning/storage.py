@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dkdm.errors import DkdmError
-from dkdm.tuning_config import TuneSettings
+from dkdm.tuning.config import TuneSettings
 
 log = logging.getLogger(__name__)
 WORKER_ATTR = "dkdm_worker"

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dkdm.tuning_storage import wait_for
+from dkdm.tuning.storage import wait_for
 
 log = logging.getLogger(__name__)
 RUN_ID_ATTR = "mlflow_run_id"

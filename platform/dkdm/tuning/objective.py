@@ -1,6 +1,6 @@
 """One trial of a study: distil a student with the suggested hyperparameters for a fixed budget, score FD'.
 
-Free of Optuna and MLflow: the orchestrator (dkdm.tuning) passes `report(step, value) -> prune?` and a Tracker.
+Free of Optuna and MLflow: the orchestrator (dkdm.tuning.study) passes `report(step, value) -> prune?` and a Tracker.
 Intermediate FD' runs in the trainer's eval hook on rank 0; the prune decision is broadcast to every rank
 after each stretch of training, so all ranks stop together. Everything a trial builds is released before it
 returns (models, pool, optimizer state, cached CUDA blocks), whatever the outcome.
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dkdm.tuning_space import TrialParams, student_config
+from dkdm.tuning.space import TrialParams, student_config
 from training.distill.config import DistillConfig
 from training.train.distributed import DistContext
 from training.train.tracker import Tracker
