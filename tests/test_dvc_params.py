@@ -57,7 +57,7 @@ def dvc_stages(runs: list[str]) -> dict[str, tuple[list[str], set[str]]]:
         items = [(f"{name}@{key}", {"${key}": key}) for key in runs] if "foreach" in body else [(name, {})]
         body = body.get("do", body)
         for stage, subst in items:
-            def fill(text: str) -> str:
+            def fill(text: str, subst: dict[str, str] = subst) -> str:
                 for var, value in subst.items():
                     text = text.replace(var, value)
                 return text
@@ -144,6 +144,6 @@ def test_the_recorder_sees_leaf_reads_dumps_and_copies(monkeypatch, tmp_path):
         _ = settings.distill.rho
         _ = settings.distill.runs["dynamic"].method
         settings.teacher.train.model_dump()
-        settings.evaluate.model_copy(update={"seed": 5}).respacing
+        _ = settings.evaluate.model_copy(update={"seed": 5}).respacing
         settings.for_log()
     assert recorder.reads == {"distill.rho", "distill.runs.dynamic.method", "teacher.train", "evaluate.respacing"}

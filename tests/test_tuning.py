@@ -19,8 +19,17 @@ from typer.testing import CliRunner
 
 from dkdm.tuning.config import TuneSettings
 from dkdm.tuning.space import SearchSpace, check_widths, width_choices
-from tuning_helpers import (FAST_TUNE_ENV, input_flags, journal, load, make_inputs, start_worker, study_runs,
-                            worker_env, write_profile)
+from tuning_helpers import (
+    FAST_TUNE_ENV,
+    input_flags,
+    journal,
+    load,
+    make_inputs,
+    start_worker,
+    study_runs,
+    worker_env,
+    write_profile,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -175,9 +184,9 @@ def test_cli_study_tracks_trials_registers_best_resumes_and_shows(inputs: dict[s
     assert rows[0].split("│")[3].strip() == f"{complete[0].value:.4g}"
 
     # optuna-dashboard serves the same storage: its WSGI app lists the study.
-    from optuna_dashboard import wsgi
-
     from wsgiref.util import setup_testing_defaults
+
+    from optuna_dashboard import wsgi
 
     app = wsgi(str(project["journal"]))
     environ: dict[str, Any] = {"PATH_INFO": "/api/studies"}
@@ -262,8 +271,8 @@ class _ScriptedRunner:
 
 def _lead(project: dict[str, Any], runner: Any, n_trials: int, **tune_values: Any) -> Any:
     from dkdm.settings import load_settings
-    from dkdm.tuning.space import SearchSpace
     from dkdm.tuning.inputs import budget_for
+    from dkdm.tuning.space import SearchSpace
     from dkdm.tuning.study import _lead_study
 
     settings = load_settings(project["profile"])
@@ -385,7 +394,7 @@ def test_two_concurrent_workers_share_one_journal_exactly(inputs: dict[str, Path
     env = worker_env()
     workers = [start_worker(project["root"], [*args, "--worker-index", str(k)], env) for k in (0, 1)]
     outputs = [w.communicate(timeout=400)[0] for w in workers]
-    for worker, output in zip(workers, outputs):
+    for worker, output in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, output
     study = load(journal(project["journal"]), "pair")
     numbers = sorted(t.number for t in study.trials)

@@ -87,7 +87,7 @@ def test_two_workers_on_postgres_run_exactly_the_requested_trials(postgres_url: 
             *input_flags(inputs)]
     workers = [start_worker(tmp_path, [*args, "--worker-index", str(k)], worker_env()) for k in (0, 1)]
     outputs = [w.communicate(timeout=400)[0] for w in workers]
-    for worker, output in zip(workers, outputs):
+    for worker, output in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, output
     study = load(postgres_url, "pg-pair")
     numbers = sorted(t.number for t in study.trials)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from dkdm.dashboard_queries import runs as mlf
 from dkdm.dashboard_queries import pipeline as pipeline_queries
+from dkdm.dashboard_queries import runs as mlf
 from dkdm.dashboard_queries import studies as study_queries
 from dkdm.dashboard_queries.compare import result_records
 from dkdm.paper import load_paper_tables

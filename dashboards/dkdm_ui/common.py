@@ -64,7 +64,8 @@ def runs_or_stop(src: DashboardSources) -> pd.DataFrame:
     """The experiment's runs; renders the empty state and stops the page when there are none."""
     if not store_exists(src.tracking_uri):
         st.info(f"No MLflow store at `{src.tracking_uri}` yet. Run the pipeline (`dvc repro`) or point the "
-                "dashboard at a store with `DKDM_TRACKING__URI` / `dkdm dashboard --profile NAME`.", icon=":material/inbox:")
+                "dashboard at a store with `DKDM_TRACKING__URI` / `dkdm dashboard --profile NAME`.",
+                icon=":material/inbox:")
         st.stop()
     try:
         frame = cached.runs(src.tracking_uri, src.experiment)

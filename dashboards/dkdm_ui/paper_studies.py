@@ -13,7 +13,6 @@ from . import cached
 from .common import number_format
 from .paper_results import cpu_banner, paper_header
 
-
 SPEED_NOTE = ("CPU scale: seconds on this machine, not an A100. Compare the ratio to data-based training only.")
 
 
@@ -57,7 +56,7 @@ def table11(records: pd.DataFrame) -> None:
     teacher = paper.loc[paper["method"] == "Teacher", "FIDp"].iloc[0]
     free = paper.loc[paper["method"] == "Data-Free Training", "FIDp"].iloc[0]
     st.caption("Paper: FID' ÷ teacher FID' = " + ", ".join(
-        f"{m} {v / teacher:.2f}" for m, v in zip(paper["method"], paper["FIDp"]))
+        f"{m} {v / teacher:.2f}" for m, v in zip(paper["method"], paper["FIDp"], strict=True))
         + f"; DKDM FID' ÷ data-free FID' = {paper['FIDp'].iloc[2] / free:.2f}")
     if records.empty:
         st.info("No results of ours yet.")

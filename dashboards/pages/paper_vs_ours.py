@@ -59,6 +59,6 @@ sections = [
                               src.tracking_uri),
     lambda: paper_studies.discard(records),
 ]
-for tab, render in zip(tabs, sections):
+for tab, render in zip(tabs, sections, strict=True):
     with tab:
         render()

@@ -21,7 +21,7 @@ if state.error:
 else:
     stages = state.stages
     counts = stages["status"].value_counts()
-    for col, status in zip(st.columns(len(STATUSES)), STATUSES):
+    for col, status in zip(st.columns(len(STATUSES)), STATUSES, strict=True):
         col.metric(f"stages {status}", int(counts.get(status, 0)))
     st.subheader("Stages")
     st.dataframe(stages, hide_index=True, width="stretch",

@@ -22,7 +22,7 @@ runs = runs_or_stop(src)
 
 columns = st.columns(len(FILTERS))
 filtered = runs
-for column, (field, title) in zip(columns, FILTERS.items()):
+for column, (field, title) in zip(columns, FILTERS.items(), strict=True):
     options = sorted(runs[field].dropna().astype(str).unique())
     chosen = column.multiselect(title, options, key=f"filter_{field}", placeholder="all")
     if chosen:

@@ -34,7 +34,8 @@ except Exception as exc:  # a foreign or corrupt storage must not crash the page
     st.error(f"Could not read the Optuna storage `{src.storage}`: {str(exc).splitlines()[0]}")
     st.stop()
 if summaries.empty:
-    st.info("The Optuna storage holds no study yet. `dkdm tune --study NAME --n-trials N` creates one.", icon=":material/inbox:")
+    st.info("The Optuna storage holds no study yet. `dkdm tune --study NAME --n-trials N` creates one.",
+            icon=":material/inbox:")
     st.stop()
 
 st.dataframe(summaries, hide_index=True, width="stretch", column_config=number_format(summaries))

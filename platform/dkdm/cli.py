@@ -1,7 +1,8 @@
 """`dkdm`: the command line of the platform. Each command is a thin shell: parse settings once, call one
 stage function, print a one-line summary. A user error is one line on stderr and exit code 2.
 
-Pipeline stages (what dvc.yaml runs): data, autoencoder, teacher, features, reference, prepare-pool, distill, evaluate, report.
+Pipeline stages (what dvc.yaml runs): data, autoencoder, teacher, features, reference, prepare-pool, distill,
+evaluate, report.
 """
 from __future__ import annotations
 
@@ -83,7 +84,9 @@ def train_teacher_cmd(
 @app.command("import-teacher")
 @handles_errors
 def import_teacher_cmd(
-    checkpoint: Annotated[Optional[Path], typer.Argument(help="foreign ADM / DDPM-IP .pt (default: teacher.checkpoint)")] = None,
+    checkpoint: Annotated[
+        Optional[Path], typer.Argument(help="foreign ADM / DDPM-IP .pt (default: teacher.checkpoint)")
+    ] = None,
     preset: Annotated[Optional[str], typer.Option(help="architecture preset (default: teacher.preset)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="output .safetensors (default: the pipeline's teacher)")] = None,
     profile: ProfileOpt = None,
@@ -117,7 +120,9 @@ def reference_cmd(profile: ProfileOpt = None) -> None:
 @handles_errors
 def prepare_pool_cmd(
     profile: ProfileOpt = None,
-    out: Annotated[Optional[Path], typer.Option(help="output pool file (default: outputs/pool/pool.safetensors)")] = None,
+    out: Annotated[
+        Optional[Path], typer.Option(help="output pool file (default: outputs/pool/pool.safetensors)")
+    ] = None,
 ) -> None:
     """Prepare the dynamic-iterative pool with the teacher (resumable: rerun after an interruption)."""
     from dkdm.stages import pool
@@ -148,7 +153,9 @@ def train_cmd(run: RunOpt, profile: ProfileOpt = None) -> None:
 @handles_errors
 def evaluate_cmd(
     run: Annotated[Optional[str], typer.Option("--run", "-r", help="run name from distill.runs")] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(help="evaluate this checkpoint instead of a run's student")] = None,
+    checkpoint: Annotated[
+        Optional[Path], typer.Option(help="evaluate this checkpoint instead of a run's student")
+    ] = None,
     teacher: Annotated[bool, typer.Option("--teacher", help="evaluate the pipeline's teacher")] = False,
     profile: ProfileOpt = None,
 ) -> None:
@@ -181,7 +188,9 @@ def sample_cmd(
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
     seed: Annotated[int, typer.Option(min=0)] = 0,
     ema: Annotated[bool, typer.Option(help="use the EMA weights when the checkpoint has them")] = True,
-    out: Annotated[Path, typer.Option(help="samples .npz (uint8 NHWC under arr_0, ADM evaluator layout)")] = Path("samples.npz"),
+    out: Annotated[
+        Path, typer.Option(help="samples .npz (uint8 NHWC under arr_0, ADM evaluator layout)")
+    ] = Path("samples.npz"),
     grid: Annotated[Optional[Path], typer.Option(help="PNG grid of the first 64 (default: next to --out)")] = None,
     profile: ProfileOpt = None,
 ) -> None:
@@ -224,7 +233,9 @@ def profile_list() -> None:
 
 @profile_app.command("show")
 @handles_errors
-def profile_show(profile: Annotated[Optional[str], typer.Argument(help="name or file (default: params.yaml)")] = None) -> None:
+def profile_show(
+    profile: Annotated[Optional[str], typer.Argument(help="name or file (default: params.yaml)")] = None,
+) -> None:
     """Print every resolved setting of a profile (after .env and DKDM_* environment overrides)."""
     ctx = context(profile)
     typer.echo(yaml.safe_dump(ctx.settings.for_log(), sort_keys=False).rstrip())

@@ -177,7 +177,8 @@ class EvaluateSettings(Section):
 
 class TrackingSettings(Section):
     enabled: bool = True
-    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (a server for teams)", validate_default=True)
+    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (a server for teams)",
+                     validate_default=True)
     experiment: str = "dkdm"
     system_metrics: bool = True
     system_metrics_interval_s: float = Field(5.0, gt=0)

@@ -120,7 +120,8 @@ def study_details(storage: str | None, name: str) -> dict[str, Any]:
     }
 
 
-def trial_run(runs: pd.DataFrame, study: str, number: int, user_attrs: dict[str, Any] | None = None) -> pd.Series | None:
+def trial_run(runs: pd.DataFrame, study: str, number: int,
+              user_attrs: dict[str, Any] | None = None) -> pd.Series | None:
     """The MLflow run of one trial: the run id the trial recorded (user attr `mlflow_run_id`) if any, else the
     nested run tagged `dkdm.trial=<number>` under the parent run tagged `dkdm.study=<study>`."""
     if runs.empty:

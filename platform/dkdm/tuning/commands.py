@@ -89,19 +89,37 @@ app = typer.Typer(help="Optuna studies over rho, the learning rate, the student 
 
 @app.callback(invoke_without_command=True)
 def tune_cmd(
-    study: Annotated[Optional[str], typer.Option("--study", "-s", help="study name (created, or resumed if it exists)")] = None,
+    study: Annotated[
+        Optional[str], typer.Option("--study", "-s", help="study name (created, or resumed if it exists)")
+    ] = None,
     n_trials: Annotated[Optional[int], typer.Option("--n-trials", "-n", min=1, help="trials this worker runs")] = None,
-    storage: Annotated[Optional[str], typer.Option(help="journal file path or database URL (default: tune.storage, optuna.journal)")] = None,
-    profile: Annotated[Optional[str], typer.Option("--profile", "-p", help="profile name or YAML file (default: params.yaml)")] = None,
+    storage: Annotated[
+        Optional[str], typer.Option(help="journal file path or database URL (default: tune.storage, optuna.journal)")
+    ] = None,
+    profile: Annotated[
+        Optional[str], typer.Option("--profile", "-p", help="profile name or YAML file (default: params.yaml)")
+    ] = None,
     pruner: Annotated[Optional[str], typer.Option(help="median | hyperband | none (default: tune.pruner)")] = None,
-    method_choice: Annotated[Optional[bool], typer.Option("--method-choice/--no-method-choice", help="also search the distillation method")] = None,
-    iterations: Annotated[Optional[int], typer.Option(min=1, help="student steps per trial (default: tune.iterations)")] = None,
+    method_choice: Annotated[
+        Optional[bool], typer.Option("--method-choice/--no-method-choice", help="also search the distillation method")
+    ] = None,
+    iterations: Annotated[
+        Optional[int], typer.Option(min=1, help="student steps per trial (default: tune.iterations)")
+    ] = None,
     eval_every: Annotated[Optional[int], typer.Option(min=1, help="steps between intermediate FD' (pruning)")] = None,
-    timeout: Annotated[Optional[float], typer.Option(min=1, help="stop starting trials after this many seconds")] = None,
-    total_trials: Annotated[Optional[int], typer.Option(min=1, help="stop once the study holds this many trials (all workers)")] = None,
-    worker_index: Annotated[int, typer.Option(min=0, help="K of parallel workers: TPE seed + K (give each worker its own)")] = 0,
+    timeout: Annotated[
+        Optional[float], typer.Option(min=1, help="stop starting trials after this many seconds")
+    ] = None,
+    total_trials: Annotated[
+        Optional[int], typer.Option(min=1, help="stop once the study holds this many trials (all workers)")
+    ] = None,
+    worker_index: Annotated[
+        int, typer.Option(min=0, help="K of parallel workers: TPE seed + K (give each worker its own)")
+    ] = 0,
     teacher: Annotated[Optional[Path], typer.Option(help="teacher checkpoint (default: the pipeline's)")] = None,
-    teacher_stats: Annotated[Optional[Path], typer.Option(help="FD' reference statistics (default: the pipeline's)")] = None,
+    teacher_stats: Annotated[
+        Optional[Path], typer.Option(help="FD' reference statistics (default: the pipeline's)")
+    ] = None,
     classifier: Annotated[Optional[Path], typer.Option(help="digits feature network (default: the pipeline's)")] = None,
     show: Annotated[Optional[str], typer.Option("--show", help="print the best trials of study NAME and exit")] = None,
     top: Annotated[int, typer.Option(min=1, help="rows of --show")] = 10,

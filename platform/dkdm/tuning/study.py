@@ -171,9 +171,9 @@ def _lead_study(settings: Any, *, study_name: str, n_trials: int | None, tune: T
                 total_trials: int | None, announce: Any) -> TuneSummary:
     import optuna
 
-    from dkdm.tuning.tracking import RUN_ID_ATTR, StudyTracking, best_trial, trial_dir
     from dkdm.tuning.objective import TrialFailure, TrialPrunedAt
     from dkdm.tuning.storage import fail_stale, open_storage, storage_label, worker_identity
+    from dkdm.tuning.tracking import RUN_ID_ATTR, StudyTracking, best_trial, trial_dir
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(tune.storage, tune)
@@ -191,7 +191,8 @@ def _lead_study(settings: Any, *, study_name: str, n_trials: int | None, tune: T
         settings, study_name, created=created, student=settings.distill.student, method=method,
         params={**space.describe(), "budget.iterations": budget.iterations, "budget.eval_every": budget.eval_every,
                 "budget.eval_samples": budget.eval_samples, "budget.final_samples": budget.final_samples,
-                "pruner": tune.pruner, "sampler": "TPE", "sampler.seed": tune.seed, "storage": storage_label(tune.storage)},
+                "pruner": tune.pruner, "sampler": "TPE", "sampler.seed": tune.seed,
+                "storage": storage_label(tune.storage)},
     )
     tracking.reconcile(study)
     me = worker_identity()

@@ -152,7 +152,8 @@ class StudyTracking:
             for key, value in best.params.items():
                 self.client.set_tag(self.parent_run_id, f"dkdm.best.{key}", str(value))
         now = _now_ms()
-        self.client.log_batch(self.parent_run_id, metrics=[Metric(k, v, now, len(study.trials)) for k, v in metrics.items()])
+        self.client.log_batch(self.parent_run_id,
+                              metrics=[Metric(k, v, now, len(study.trials)) for k, v in metrics.items()])
         self.client.set_terminated(self.parent_run_id, "RUNNING" if counts["RUNNING"] else "FINISHED")
 
     def register_best(self, study: Any, out_dir: Path) -> str | None:
