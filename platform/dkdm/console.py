@@ -1,16 +1,13 @@
-"""What every command shares: the loaded settings, the device, rich progress bars and the one-line summary."""
+"""What every command shares: the loaded settings, the device and the one-line summary."""
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dkdm.errors import DkdmError
 from dkdm.settings import Settings
@@ -52,19 +49,6 @@ def apply_runtime(settings: Settings) -> None:
 
     if settings.runtime.threads:
         torch.set_num_threads(settings.runtime.threads)
-
-
-@contextlib.contextmanager
-def progress_bar(description: str, total: int | None, *, enabled: bool = True) -> Iterator[Any]:
-    """A rich bar on stderr; `advance(n)` moves it. Disabled (a no-op) when not on a terminal."""
-    if not enabled:
-        yield lambda n=1: None
-        return
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=True) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n=1: progress.advance(task, n)
 
 
 def summary(line: str) -> None:

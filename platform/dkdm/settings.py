@@ -21,8 +21,6 @@ from training.distill.config import DATASET_METHODS, POOL_METHODS, DistillConfig
 from training.train.config import TrainConfig
 
 DATASETS = ("digits", "cifar10", "celeba64", "imagenet32", "folder", "npz")
-# Fixed pipeline layout: dvc.yaml names the same paths (tests/test_settings.py checks they agree).
-OUTPUTS = Path("outputs")
 # Which DVC out each method trains from; a run's `source` must name it so dvc.yaml can depend on it.
 METHOD_SOURCES: dict[str, str] = {
     "dynamic": "outputs/pool",

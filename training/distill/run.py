@@ -15,14 +15,14 @@ from training.diffusion import GaussianDiffusion
 from training.distill.baselines import DatasetError, mix_data_limited
 from training.distill.compat import check_compatible
 from training.distill.config import POOL_METHODS, DistillConfig
-from training.distill.objective import LossFn, dkdm_loss_fn, hybrid_loss_fn
+from training.distill.objective import dkdm_loss_fn, hybrid_loss_fn
 from training.distill.pool import DTYPES, Pool, PoolError, load_pool, noise_pool, prepare_in_memory
 from training.distill.sources import DatasetSource, PoolSource
 from training.distill.teacher import DiffusionTeacherStep, TeacherStep
 from training.train.distributed import DistContext
 from training.train.rng import make_generator
-from training.train.trainer import EvalFn, Trainer, TrainResult
 from training.train.tracker import Tracker
+from training.train.trainer import EvalFn, Trainer
 
 
 def _pool_for(config: DistillConfig, step: TeacherStep, num_timesteps: int, image_shape: tuple[int, ...],
@@ -82,27 +82,22 @@ def build_run(
     tracker: Tracker | None = None,
     eval_fn: EvalFn | None = None,
     ctx: DistContext | None = None,
-    teacher_step: TeacherStep | None = None,
-    loss_fn: LossFn | None = None,
     run_meta: dict[str, Any] | None = None,
 ) -> Trainer:
     """A ready Trainer for `config.method` (not yet resumed or run).
 
-    `teacher_step` / `loss_fn` override the pixel defaults (latent DKDM: no clamping, MSE only). Without
-    `pool_path` the dynamic pool is prepared in memory.
+    Without `pool_path` the dynamic pool is prepared in memory.
     """
     dev = torch.device(device)
     ctx = ctx or DistContext(device=dev)
     image_shape = tuple(int(v) for v in image_shape)
     T = student_diffusion.num_timesteps
     if config.method in POOL_METHODS:
-        if teacher_step is None:
-            if teacher is None or teacher_diffusion is None:
-                raise ValueError(f"method {config.method!r} needs the teacher and its diffusion")
-            check_compatible(teacher, teacher_diffusion, student, student_diffusion, image_shape)
-            teacher_step = DiffusionTeacherStep(teacher.to(dev), teacher_diffusion,
-                                                clip_denoised=config.clip_denoised,
-                                                batch_size=config.teacher_batch_size, precision=config.precision)
+        if teacher is None or teacher_diffusion is None:
+            raise ValueError(f"method {config.method!r} needs the teacher and its diffusion")
+        check_compatible(teacher, teacher_diffusion, student, student_diffusion, image_shape)
+        teacher_step = DiffusionTeacherStep(teacher.to(dev), teacher_diffusion, clip_denoised=config.clip_denoised,
+                                            batch_size=config.teacher_batch_size, precision=config.precision)
         pool = _pool_for(config, teacher_step, T, image_shape, dev, ctx, pool_path)
         source: Any = PoolSource(
             pool, teacher_step, batch_size=config.batch_size, select_all=config.method != "dynamic",
@@ -110,7 +105,7 @@ def build_run(
             select_generator=make_generator("cpu", config.seed, "select", ctx.rank),
             noise_generator=make_generator(dev, config.seed, "noise", ctx.rank),
         )
-        loss = loss_fn or dkdm_loss_fn(student_diffusion)
+        loss = dkdm_loss_fn(student_diffusion)
     else:
         images = _dataset_for(config, real_images, synthetic_images)
         if tuple(images.shape[1:]) != image_shape:
@@ -120,18 +115,8 @@ def build_run(
             generator=make_generator("cpu", config.seed, "data", ctx.rank),
             noise_generator=make_generator(dev, config.seed, "noise", ctx.rank),
         )
-        loss = loss_fn or hybrid_loss_fn(student_diffusion)
+        loss = hybrid_loss_fn(student_diffusion)
     meta = {"method": config.method, **(run_meta or {})}
     return Trainer(student, config, source, loss, device=dev, out_dir=out_dir, tracker=tracker, eval_fn=eval_fn,
                    ctx=ctx, run_meta=meta)
-
-
-def run_distillation(config: DistillConfig, *, resume: bool = True, until: int | None = None,
-                     **kwargs: Any) -> TrainResult:
-    """build_run + resume from `<out_dir>/resume.safetensors` when present + train; see build_run for arguments."""
-    trainer = build_run(config, **kwargs)
-    if resume:
-        trainer.resume_if_possible()
-    return trainer.run(until=until)
-
 
