@@ -5,12 +5,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from dkdm.errors import DkdmError
 from dkdm.settings import Settings
+
+if TYPE_CHECKING:
+    import torch
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 out_console = Console(highlight=False, soft_wrap=True)
@@ -25,7 +28,7 @@ class Context:
     started: float = field(default_factory=time.monotonic)
 
     @property
-    def device(self) -> Any:
+    def device(self) -> torch.device:
         import torch
 
         wanted = self.settings.runtime.device

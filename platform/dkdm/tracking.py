@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -25,6 +25,10 @@ from dkdm.errors import DkdmError
 from dkdm.lineage import dvc_stage, git_commit
 from dkdm.settings import Settings, TrackingSettings
 from dkdm.tracking_queue import DeliveryQueue, Record, read_spool, write_spool
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
 log = logging.getLogger(__name__)
 MAX_PARAM_VALUE = 6000  # MLflow's limit on a parameter value
@@ -82,7 +86,7 @@ def _client(tracking: TrackingSettings):
     return client
 
 
-def experiment_id(client: Any, name: str) -> str:
+def experiment_id(client: MlflowClient, name: str) -> str:
     from mlflow.exceptions import MlflowException
 
     found = client.get_experiment_by_name(name)
@@ -107,7 +111,7 @@ def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _deliver_to(client: Any, run_id: str, artifact_uri: str):
+def _deliver_to(client: MlflowClient, run_id: str, artifact_uri: str):
     from mlflow.entities import Metric, Param, RunTag
 
     def deliver(record: Record) -> None:
@@ -136,7 +140,7 @@ def _deliver_to(client: Any, run_id: str, artifact_uri: str):
     return deliver
 
 
-def _register(client: Any, run_id: str, artifact_uri: str, *, name: str, artifact_path: str,
+def _register(client: MlflowClient, run_id: str, artifact_uri: str, *, name: str, artifact_path: str,
               tags: dict[str, str], description: str) -> None:
     from mlflow.exceptions import MlflowException
 
@@ -154,7 +158,7 @@ def _register(client: Any, run_id: str, artifact_uri: str, *, name: str, artifac
 class RunTracker:
     """One MLflow run; implements the trainer's Tracker protocol without blocking the caller."""
 
-    def __init__(self, client: Any, run_id: str, artifact_uri: str, tracking: TrackingSettings) -> None:
+    def __init__(self, client: MlflowClient, run_id: str, artifact_uri: str, tracking: TrackingSettings) -> None:
         self.client = client
         self.run_id = run_id
         self.artifact_uri = artifact_uri
@@ -329,7 +333,7 @@ def start_run(settings: Settings, *, stage: str, run_name: str, method: str | No
         tracker.close(status)
 
 
-def _system_monitor(run_id: str, tracking: TrackingSettings):
+def _system_monitor(run_id: str, tracking: TrackingSettings) -> SystemMetricsMonitor | None:
     """MLflow's own system-metrics sampler (CPU, memory, GPU when present); None if unavailable."""
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
@@ -343,7 +347,7 @@ def _system_monitor(run_id: str, tracking: TrackingSettings):
         return None
 
 
-def _stop_system_monitor(monitor: Any) -> None:
+def _stop_system_monitor(monitor: SystemMetricsMonitor) -> None:
     """Stop the sampler, then publish the samples of its last, unfinished interval: MLflow's loop drops them when it
     stops, so a run shorter than one interval would otherwise have no system metrics at all."""
     with contextlib.suppress(Exception):

@@ -45,7 +45,7 @@ def _wall_seconds() -> tuple[float | None, float]:
     return (max(stamps) - min(stamps) if stamps else None), trained
 
 
-def _shown_path(path: Any) -> str:
+def _shown_path(path: str | Path) -> str:
     """A path as the report shows it: relative to the repository when inside one (the report gets committed)."""
     path = Path(path).resolve()
     root = next((p for p in (path.parent, *path.parents) if (p / ".git").exists() or (p / ".dvc").is_dir()), None)

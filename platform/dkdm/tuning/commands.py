@@ -13,7 +13,7 @@ Intermediate FD' feeds the pruner. Running the command again on a study adds tri
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -22,13 +22,16 @@ from dkdm.errors import DkdmError
 from dkdm.tuning.config import TuneSettings
 from dkdm.tuning.study import TuneSummary, check_study_name, run_study, tune_settings
 
+if TYPE_CHECKING:
+    from rich.table import Table
+
 __all__ = ["TuneSettings", "TuneSummary", "app", "best_trials_table", "run_study", "tune_settings"]
 
 
 # --------------------------------------------------------------------------- --show
 
 
-def best_trials_table(storage_spec: str, name: str, tune: TuneSettings, top: int = 10) -> Any:
+def best_trials_table(storage_spec: str, name: str, tune: TuneSettings, top: int = 10) -> Table:
     """A rich Table of the study's best complete trials (ascending value), with a caption of its state counts."""
     import optuna
     from rich.table import Table
@@ -65,7 +68,7 @@ def best_trials_table(storage_spec: str, name: str, tune: TuneSettings, top: int
     return table
 
 
-def _print(table: Any) -> None:
+def _print(table: Table) -> None:
     """On a terminal at its width; piped or captured, wide enough that no column is cut."""
     from rich.console import Console
 
@@ -75,7 +78,7 @@ def _print(table: Any) -> None:
     console.print(table)
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
     return "" if value is None else str(value)

@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -21,6 +21,11 @@ from dkdm.tuning.space import TrialParams, student_config
 from training.distill.config import DistillConfig
 from training.train.distributed import DistContext
 from training.train.tracker import Tracker
+
+if TYPE_CHECKING:
+    from training.eval.extractor import FeatureExtractor
+    from training.eval.stats import ReferenceStats
+    from training.train.trainer import Trainer
 
 Report = Callable[[int, float], bool]
 
@@ -62,8 +67,8 @@ class TuneInputs:
     student_diffusion: Any
     eval_diffusion: Any
     diffusion_config: dict[str, Any]
-    extractor: Any
-    teacher_stats: Any
+    extractor: FeatureExtractor
+    teacher_stats: ReferenceStats
     image_shape: tuple[int, int, int]
     metric: str
     student_preset: str
@@ -197,7 +202,7 @@ class TrialRunner:
             # A raised exception's traceback keeps this frame alive: drop the student, pool and optimizer now.
             trainer = student = None  # noqa: F841
 
-    def _save(self, save_dir: Path, trainer: Any, model_config: dict[str, Any], provenance: dict[str, Any]) -> Path:
+    def _save(self, save_dir: Path, trainer: Trainer, model_config: dict[str, Any], provenance: dict[str, Any]) -> Path:
         from training.models import save_checkpoint
 
         save_dir.mkdir(parents=True, exist_ok=True)

@@ -11,13 +11,28 @@ import os
 import re
 import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dkdm.errors import DkdmError
 from dkdm.tuning.config import TuneSettings
 from dkdm.tuning.storage import FAIL_REASON_ATTR, WORKER_ATTR
+
+if TYPE_CHECKING:
+    import torch
+    from optuna import Study, Trial
+    from optuna.pruners import BasePruner
+    from optuna.samplers import BaseSampler
+    from optuna.storages import BaseStorage
+    from optuna.trial import FrozenTrial
+
+    from dkdm.settings import Settings
+    from dkdm.tuning.inputs import InputPaths
+    from dkdm.tuning.objective import TrialBudget, TrialRunner
+    from dkdm.tuning.space import SearchSpace, TrialParams
+    from training.train.distributed import DistContext
 
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 ENV_PREFIX = "DKDM_TUNE__"
@@ -69,7 +84,7 @@ def check_study_name(name: str) -> str:
     return name
 
 
-def make_pruner(tune: TuneSettings, iterations: int, eval_every: int) -> Any:
+def make_pruner(tune: TuneSettings, iterations: int, eval_every: int) -> BasePruner:
     import optuna
 
     if tune.pruner == "median":
@@ -80,7 +95,7 @@ def make_pruner(tune: TuneSettings, iterations: int, eval_every: int) -> Any:
     return optuna.pruners.NopPruner()
 
 
-def make_sampler(tune: TuneSettings, worker_index: int) -> Any:
+def make_sampler(tune: TuneSettings, worker_index: int) -> BaseSampler:
     import optuna
 
     with warnings.catch_warnings():
@@ -90,7 +105,8 @@ def make_sampler(tune: TuneSettings, worker_index: int) -> Any:
                                           constant_liar=True)
 
 
-def open_study(name: str, storage: Any, *, sampler: Any, pruner: Any, fixed: dict[str, Any]) -> tuple[Any, bool]:
+def open_study(name: str, storage: BaseStorage, *, sampler: BaseSampler, pruner: BasePruner,
+               fixed: dict[str, Any]) -> tuple[Study, bool]:
     """Create the study, or load it and check it was made for the same profile, metric, budget and space.
 
     Creation is atomic in every storage, so among parallel workers exactly one sees `created`.
@@ -125,7 +141,7 @@ class _FailureGuard:
         self.streak = 0
         self.last_reason = ""
 
-    def __call__(self, study: Any, trial: Any) -> None:
+    def __call__(self, study: Study, trial: FrozenTrial) -> None:
         if trial.state.name != "FAIL":
             self.streak = 0
             return
@@ -139,9 +155,10 @@ class _FailureGuard:
         return self.streak >= self.limit
 
 
-def run_study(settings: Any, *, study_name: str, n_trials: int | None, tune: TuneSettings, device: Any,
-              paths: Any = None, timeout: float | None = None, worker_index: int = 0,
-              total_trials: int | None = None, ctx: Any = None) -> TuneSummary | None:
+def run_study(settings: Settings, *, study_name: str, n_trials: int | None, tune: TuneSettings,
+              device: torch.device, paths: InputPaths | None = None, timeout: float | None = None,
+              worker_index: int = 0, total_trials: int | None = None,
+              ctx: DistContext | None = None) -> TuneSummary | None:
     """Run trials of one study on this worker; returns the summary on rank 0, None on the other ranks."""
     from dkdm.tuning.dist import announce, follow, leading
     from dkdm.tuning.inputs import InputPaths, budget_for, default_method, load_inputs, num_timesteps
@@ -166,9 +183,10 @@ def run_study(settings: Any, *, study_name: str, n_trials: int | None, tune: Tun
                            total_trials=total_trials, announce=lambda n, p: announce(ctx, n, p))
 
 
-def _lead_study(settings: Any, *, study_name: str, n_trials: int | None, tune: TuneSettings, space: Any,
-                budget: Any, runner: Any, method: str, timeout: float | None, worker_index: int,
-                total_trials: int | None, announce: Any) -> TuneSummary:
+def _lead_study(settings: Settings, *, study_name: str, n_trials: int | None, tune: TuneSettings,
+                space: SearchSpace, budget: TrialBudget, runner: TrialRunner, method: str, timeout: float | None,
+                worker_index: int, total_trials: int | None,
+                announce: Callable[[int, TrialParams], None]) -> TuneSummary:
     import optuna
 
     from dkdm.tuning.objective import TrialFailure, TrialPrunedAt
@@ -197,7 +215,7 @@ def _lead_study(settings: Any, *, study_name: str, n_trials: int | None, tune: T
     tracking.reconcile(study)
     me = worker_identity()
 
-    def objective(trial: Any) -> float:
+    def objective(trial: Trial) -> float:
         params = space.suggest(trial)
         trial.set_user_attr(WORKER_ATTR, me)
         trial.set_user_attr("method", params.method)
@@ -255,7 +273,7 @@ def _lead_study(settings: Any, *, study_name: str, n_trials: int | None, tune: T
                        metric=metric, registered_version=version)
 
 
-def _drop_beaten_students(study: Any, out_dir: Path, study_name: str) -> None:
+def _drop_beaten_students(study: Study, out_dir: Path, study_name: str) -> None:
     """Delete the students of complete trials that are not the best: a final value never changes, so a beaten
     trial can never become the best again (running trials are untouched)."""
     from dkdm.tuning.tracking import best_trial, trial_dir
