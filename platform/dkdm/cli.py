@@ -2,7 +2,8 @@
 stage function, print a one-line summary. A user error is one line on stderr and exit code 2.
 
 Pipeline stages (what dvc.yaml runs): data, autoencoder, teacher, features, reference, prepare-pool, distill,
-evaluate, report.
+evaluate, report. Each command imports its stage module inside the function: the stages load torch, which
+`dkdm --help` and the profile commands must not wait for.
 """
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ ProfileOpt = Annotated[
                  "default: params.yaml, the active profile"),
 ]
 RunOpt = Annotated[str, typer.Option("--run", "-r", help="run name from distill.runs (e.g. dynamic, data_free)")]
+
+
 # --------------------------------------------------------------------------- pipeline stages
 
 

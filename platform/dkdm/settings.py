@@ -144,12 +144,15 @@ class DistillSettings(Section):
 
     def config_for(self, run: str, *, synthetic_size: int | None = None,
                    synthetic_respacing: str = "") -> DistillConfig:
-        """The training-side config of one run (the object the trainer receives)."""
+        """The training-side config of one run (the object the trainer receives).
+
+        `rho` stays out: a dynamic run trains from the pool stage's file, which carries its own rho, so the runs
+        (and their DVC stages) do not depend on it.
+        """
         spec = self.runs[run]
         return DistillConfig(
             **self.train.model_dump(),
             method=spec.method,
-            rho=self.rho,
             teacher_batch_size=self.teacher_batch_size,
             discard_prob=spec.discard_prob if spec.method in POOL_METHODS else 0.0,
             pool_dtype=self.pool_dtype,
