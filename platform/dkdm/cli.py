@@ -11,9 +11,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-import yaml
 
-from dkdm import profiles
 from dkdm.command import context, handles_errors
 from dkdm.reproduce.commands import app as reproduce_app
 from dkdm.tuning.commands import app as tune_app
@@ -228,6 +226,8 @@ def dashboard_cmd(
 @handles_errors
 def profile_list() -> None:
     """Every available profile, with the active one (params.yaml) marked."""
+    from dkdm import profiles  # deferred, as yaml: `dkdm --help` loads neither
+
     active = profiles.profile_name(profiles.ACTIVE_FILE) if profiles.ACTIVE_FILE.is_file() else None
     for name, path in sorted(profiles.available().items()):
         mark = "*" if name == active else " "
@@ -240,6 +240,8 @@ def profile_show(
     profile: Annotated[Optional[str], typer.Argument(help="name or file (default: params.yaml)")] = None,
 ) -> None:
     """Print every resolved setting of a profile (after .env and DKDM_* environment overrides)."""
+    import yaml
+
     ctx = context(profile)
     typer.echo(yaml.safe_dump(ctx.settings.for_log(), sort_keys=False).rstrip())
 
@@ -248,6 +250,7 @@ def profile_show(
 @handles_errors
 def profile_use(name: Annotated[str, typer.Argument(help="profile to activate (see `dkdm profile list`)")]) -> None:
     """Make NAME the active profile: params.yaml is replaced by its file, atomically, after validation."""
+    from dkdm import profiles
     from dkdm.console import summary  # deferred: console imports the settings, and they import torch
 
     path = profiles.use(name)
