@@ -26,12 +26,6 @@ SCHEMA = Path(__file__).resolve().parent / "data" / "compose-spec.json"
 DOCKERFILES = sorted(DOCKER_DIR.glob("Dockerfile*"))
 SECRET_VARIABLES = ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "MLFLOW_ADMIN_PASSWORD")
 
-# The commands issue 5 gives the CLI; used only while platform/dkdm/cli.py does not exist yet.
-PLANNED_DKDM_COMMANDS = frozenset(
-    "import-teacher train-teacher prepare-pool distill train sample evaluate tune dashboard "
-    "report profile".split()
-)
-
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}, ${VAR:+alt}, ${VAR+alt}, $VAR
 _BRACED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])((?:[^{}]|\{[^{}]*\})*))?\}")
 _BARE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
@@ -217,20 +211,18 @@ def env_defined(instructions: list[Instruction]) -> set[str]:
 
 @dataclass(frozen=True)
 class CliSpec:
-    commands: dict[str, frozenset[str]] | None  # subcommand -> its long options; None: planned list only
+    commands: dict[str, frozenset[str]]  # subcommand -> its long options
     source: str
 
     def names(self) -> frozenset[str]:
-        return frozenset(self.commands) if self.commands is not None else PLANNED_DKDM_COMMANDS
+        return frozenset(self.commands)
 
 
 def dkdm_cli() -> CliSpec:
-    """The real typer app's commands when platform/dkdm/cli.py exists, else the planned list."""
-    if not (REPO_ROOT / "platform" / "dkdm" / "cli.py").exists():
-        return CliSpec(None, "planned list (platform/dkdm/cli.py does not exist yet)")
+    """The real typer app's commands and their long options."""
     import typer.main
 
-    from dkdm.cli import app  # an import error here is a real failure: the CLI exists but is broken
+    from dkdm.cli import app
 
     group = typer.main.get_command(app)
     commands = {

@@ -8,11 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dkdm import dashboard_compare as cmp
-from dkdm.dashboard_data import config_diff, flatten_config, list_experiments, load_runs, resolve_sources
-from dkdm.dashboard_pipeline import pipeline_state
-from dkdm.dashboard_studies import (StorageMissingError, find_default_storage, open_storage, storage_exists,
-                                    trial_run)
+from dkdm.dashboard_queries import compare as cmp
+from dkdm.dashboard_queries.pipeline import pipeline_state
+from dkdm.dashboard_queries.runs import config_diff, flatten_config, list_experiments, load_runs, resolve_sources
+from dkdm.dashboard_queries.studies import (
+    StorageMissingError,
+    find_default_storage,
+    open_storage,
+    storage_exists,
+    trial_run,
+)
 from dkdm.paper import paper_table
 
 

@@ -97,8 +97,6 @@ class CommandChecker:
         if not args or args[0] not in self.cli.names():
             self.problems.append(f"{where}: `dkdm {args[0] if args else ''}` is not a command ({self.cli.source})")
             return
-        if self.cli.commands is None:
-            return
         known = self.cli.commands[args[0]]
         for arg in args[1:]:
             option = arg.split("=", 1)[0]
@@ -113,7 +111,7 @@ class CommandChecker:
         if args[i + 1] != "dkdm":
             self.problems.append(f"{where}: torchrun runs -m {args[i + 1]}, not dkdm")
             return
-        if self.cli.commands is not None and not (ds.REPO_ROOT / "platform/dkdm/__main__.py").exists():
+        if not (ds.REPO_ROOT / "platform/dkdm/__main__.py").exists():
             self.problems.append(f"{where}: `-m dkdm` needs platform/dkdm/__main__.py")
         torchrun_help = _help([str(VENV_BIN / "torchrun"), "--help"])
         for arg in args[:i]:

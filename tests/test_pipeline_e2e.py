@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pipeline_helpers import repro_profile, run as _run  # noqa: E402
+from pipeline_helpers import repro_profile  # noqa: E402
+from pipeline_helpers import run as _run
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,7 @@ def test_ci_profile_mlflow_runs_and_registry(pipeline):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_dashboard_pages_render_from_ci_store(pipeline):
-    """Issue 7's 'done when': every dashboard page renders from the store the `ci` profile filled."""
+    """Every dashboard page renders from the store the `ci` profile filled."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from fixtures_mlflow import render_dashboard_pages
 

@@ -17,10 +17,19 @@ import torch
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from dkdm.tuning_config import TuneSettings
-from dkdm.tuning_space import SearchSpace, check_widths, width_choices
-from tuning_helpers import (FAST_TUNE_ENV, input_flags, journal, load, make_inputs, start_worker, study_runs,
-                            worker_env, write_profile)
+from dkdm.tuning.config import TuneSettings
+from dkdm.tuning.space import SearchSpace, check_widths, width_choices
+from tuning_helpers import (
+    FAST_TUNE_ENV,
+    input_flags,
+    journal,
+    load,
+    make_inputs,
+    start_worker,
+    study_runs,
+    worker_env,
+    write_profile,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -175,9 +184,9 @@ def test_cli_study_tracks_trials_registers_best_resumes_and_shows(inputs: dict[s
     assert rows[0].split("│")[3].strip() == f"{complete[0].value:.4g}"
 
     # optuna-dashboard serves the same storage: its WSGI app lists the study.
-    from optuna_dashboard import wsgi
-
     from wsgiref.util import setup_testing_defaults
+
+    from optuna_dashboard import wsgi
 
     app = wsgi(str(project["journal"]))
     environ: dict[str, Any] = {"PATH_INFO": "/api/studies"}
@@ -245,7 +254,7 @@ class _ScriptedRunner:
         self.calls = 0
 
     def run(self, params: Any, *, report: Any, tracker: Any, save_dir: Path, provenance: dict[str, Any]) -> Any:
-        from dkdm.tuning_objective import TrialOutcome, TrialPrunedAt
+        from dkdm.tuning.objective import TrialOutcome, TrialPrunedAt
 
         number = provenance["trial"]
         self.calls += 1
@@ -262,9 +271,9 @@ class _ScriptedRunner:
 
 def _lead(project: dict[str, Any], runner: Any, n_trials: int, **tune_values: Any) -> Any:
     from dkdm.settings import load_settings
-    from dkdm.tuning_space import SearchSpace
-    from dkdm.tuning_inputs import budget_for
-    from dkdm.tuning_study import _lead_study
+    from dkdm.tuning.inputs import budget_for
+    from dkdm.tuning.space import SearchSpace
+    from dkdm.tuning.study import _lead_study
 
     settings = load_settings(project["profile"])
     tune = TuneSettings(storage=str(project["journal"]), register_best=False, **tune_values)
@@ -275,7 +284,7 @@ def _lead(project: dict[str, Any], runner: Any, n_trials: int, **tune_values: An
 
 
 def test_failed_and_pruned_trials_are_recorded_and_the_study_goes_on(project: dict[str, Any]) -> None:
-    from dkdm.tuning_objective import TrialFailure
+    from dkdm.tuning.objective import TrialFailure
 
     runner = _ScriptedRunner({1: TrialFailure("out of memory: CUDA out of memory"), 2: "prune", 3: 0.5})
     summary = _lead(project, runner, 4, pruner="none")
@@ -294,7 +303,7 @@ def test_failed_and_pruned_trials_are_recorded_and_the_study_goes_on(project: di
 
 def test_consecutive_failures_stop_the_worker_with_the_reason(project: dict[str, Any]) -> None:
     from dkdm.errors import DkdmError
-    from dkdm.tuning_objective import TrialFailure
+    from dkdm.tuning.objective import TrialFailure
 
     runner = _ScriptedRunner({n: TrialFailure(f"non-finite loss in 4 of 4 steps (trial {n})") for n in range(10)})
     with pytest.raises(DkdmError, match=r"stopped after 2 failed trials in a row; last: non-finite loss .*trial 1"):
@@ -305,8 +314,8 @@ def test_consecutive_failures_stop_the_worker_with_the_reason(project: dict[str,
 
 def _tiny_runner(inputs: dict[str, Path], project: dict[str, Any]) -> Any:
     from dkdm.settings import load_settings
-    from dkdm.tuning_inputs import InputPaths, budget_for, load_inputs
-    from dkdm.tuning_objective import TrialRunner
+    from dkdm.tuning.inputs import InputPaths, budget_for, load_inputs
+    from dkdm.tuning.objective import TrialRunner
     from training.train.distributed import DistContext
 
     settings = load_settings(project["profile"])
@@ -316,8 +325,8 @@ def _tiny_runner(inputs: dict[str, Path], project: dict[str, Any]) -> Any:
 
 
 def test_non_finite_loss_fails_the_trial(inputs: dict[str, Path], project: dict[str, Any]) -> None:
-    from dkdm.tuning_objective import TrialFailure
-    from dkdm.tuning_space import TrialParams
+    from dkdm.tuning.objective import TrialFailure
+    from dkdm.tuning.space import TrialParams
 
     runner = _tiny_runner(inputs, project)
     with torch.no_grad():
@@ -334,8 +343,8 @@ def test_out_of_memory_fails_the_trial_and_releases_memory(inputs: dict[str, Pat
     import weakref
 
     import training.distill
-    from dkdm.tuning_objective import TrialFailure
-    from dkdm.tuning_space import TrialParams
+    from dkdm.tuning.objective import TrialFailure
+    from dkdm.tuning.space import TrialParams
 
     runner = _tiny_runner(inputs, project)
     built: list[Any] = []
@@ -360,8 +369,8 @@ def test_out_of_memory_fails_the_trial_and_releases_memory(inputs: dict[str, Pat
 
 
 def test_pruned_trial_stops_training_at_the_evaluation(inputs: dict[str, Path], project: dict[str, Any]) -> None:
-    from dkdm.tuning_objective import TrialPrunedAt
-    from dkdm.tuning_space import TrialParams
+    from dkdm.tuning.objective import TrialPrunedAt
+    from dkdm.tuning.space import TrialParams
     from training.train.tracker import ListTracker
 
     runner = _tiny_runner(inputs, project)
@@ -385,7 +394,7 @@ def test_two_concurrent_workers_share_one_journal_exactly(inputs: dict[str, Path
     env = worker_env()
     workers = [start_worker(project["root"], [*args, "--worker-index", str(k)], env) for k in (0, 1)]
     outputs = [w.communicate(timeout=400)[0] for w in workers]
-    for worker, output in zip(workers, outputs):
+    for worker, output in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, output
     study = load(journal(project["journal"]), "pair")
     numbers = sorted(t.number for t in study.trials)
@@ -442,8 +451,8 @@ def test_trial_of_a_killed_worker_is_failed_and_the_study_goes_on(inputs: dict[s
 def _dist_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
 
-    from dkdm.tuning_dist import announce, follow, leading
-    from dkdm.tuning_objective import TrialPrunedAt, train_in_stretches
+    from dkdm.tuning.dist import announce, follow, leading
+    from dkdm.tuning.objective import TrialPrunedAt, train_in_stretches
     from training.train.distributed import DistContext
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)

@@ -87,7 +87,7 @@ def test_two_workers_on_postgres_run_exactly_the_requested_trials(postgres_url: 
             *input_flags(inputs)]
     workers = [start_worker(tmp_path, [*args, "--worker-index", str(k)], worker_env()) for k in (0, 1)]
     outputs = [w.communicate(timeout=400)[0] for w in workers]
-    for worker, output in zip(workers, outputs):
+    for worker, output in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, output
     study = load(postgres_url, "pg-pair")
     numbers = sorted(t.number for t in study.trials)
@@ -100,8 +100,8 @@ def test_two_workers_on_postgres_run_exactly_the_requested_trials(postgres_url: 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_heartbeat_fails_a_silent_workers_trial(postgres_url: str) -> None:
-    from dkdm.tuning_config import TuneSettings
-    from dkdm.tuning_storage import fail_stale, open_storage
+    from dkdm.tuning.config import TuneSettings
+    from dkdm.tuning.storage import fail_stale, open_storage
 
     storage: Any = open_storage(postgres_url, TuneSettings(heartbeat_interval_s=1, grace_period_s=2))
     assert storage.get_heartbeat_interval() == 1

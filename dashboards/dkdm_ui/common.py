@@ -7,10 +7,10 @@ import sys
 import pandas as pd
 import streamlit as st
 
-from dkdm.dashboard_data import DashboardSources, resolve_sources, store_exists
-from dkdm.dashboard_studies import find_default_storage
+from dkdm.dashboard_queries.runs import DashboardSources, resolve_sources, store_exists
+from dkdm.dashboard_queries.studies import find_default_storage
 
-from . import data
+from . import cached
 
 SOURCES_KEY = "dkdm_sources"
 
@@ -44,7 +44,7 @@ def sidebar() -> DashboardSources:
         st.caption("MLflow tracking store")
         st.code(base.tracking_uri, language=None)
         experiment = base.experiment
-        names = data.experiments(base.tracking_uri) if store_exists(base.tracking_uri) else []
+        names = cached.experiments(base.tracking_uri) if store_exists(base.tracking_uri) else []
         if names:
             options = names if experiment in names else [experiment, *names]
             experiment = st.selectbox("Experiment", options, index=options.index(experiment), key="experiment")
@@ -64,10 +64,11 @@ def runs_or_stop(src: DashboardSources) -> pd.DataFrame:
     """The experiment's runs; renders the empty state and stops the page when there are none."""
     if not store_exists(src.tracking_uri):
         st.info(f"No MLflow store at `{src.tracking_uri}` yet. Run the pipeline (`dvc repro`) or point the "
-                "dashboard at a store with `DKDM_TRACKING__URI` / `dkdm dashboard --profile NAME`.", icon=":material/inbox:")
+                "dashboard at a store with `DKDM_TRACKING__URI` / `dkdm dashboard --profile NAME`.",
+                icon=":material/inbox:")
         st.stop()
     try:
-        frame = data.runs(src.tracking_uri, src.experiment)
+        frame = cached.runs(src.tracking_uri, src.experiment)
     except Exception as exc:  # an unreachable server or a foreign database: say so instead of a traceback
         st.error(f"Could not read MLflow runs from `{src.tracking_uri}`: {str(exc).splitlines()[0]}")
         st.stop()
@@ -110,7 +111,7 @@ def runs_or_empty(src: DashboardSources) -> tuple[pd.DataFrame, str | None]:
     if not store_exists(src.tracking_uri):
         return pd.DataFrame(), f"No MLflow store at `{src.tracking_uri}` yet: run the pipeline (`dvc repro`)."
     try:
-        frame = data.runs(src.tracking_uri, src.experiment)
+        frame = cached.runs(src.tracking_uri, src.experiment)
     except Exception as exc:  # an unreachable server or a foreign database
         return pd.DataFrame(), f"Could not read MLflow runs from `{src.tracking_uri}`: {str(exc).splitlines()[0]}"
     if frame.empty:

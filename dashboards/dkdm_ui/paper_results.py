@@ -9,16 +9,16 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from dkdm import dashboard_compare as cmp
+from dkdm.dashboard_queries import compare as cmp
 from dkdm.paper import paper_entry, paper_table
 
-from . import data
+from . import cached
 from .common import number_format, scale_note
 
 
 def paper_header(entry_id: str) -> pd.DataFrame:
     """Caption, provenance and the paper's rows; returns those rows."""
-    entry = paper_entry(entry_id, data.paper_tables())
+    entry = paper_entry(entry_id, cached.paper_tables())
     source = entry.get("source", {})
     st.markdown(f"**Paper, {source.get('ref', entry_id)}** ({source.get('part', '')}): {entry.get('caption', '')}")
     for key in ("protocol", "architectures", "notes", "text"):
@@ -26,7 +26,7 @@ def paper_header(entry_id: str) -> pd.DataFrame:
             value = entry[key]
             text = ", ".join(f"{k}: {v}" for k, v in value.items()) if isinstance(value, dict) else value
             st.caption(f"{key}: {text}")
-    rows = paper_table(entry_id, data.paper_tables())
+    rows = paper_table(entry_id, cached.paper_tables())
     if not rows.empty:
         st.dataframe(rows, hide_index=True, width="stretch")
     return rows
@@ -38,7 +38,7 @@ def cpu_banner() -> None:
 
 def family_of(records: pd.DataFrame):
     names = tuple(sorted({str(n) for n in pd.concat([records["teacher"], records["student"]]).dropna()}))
-    facts = data.preset_facts(names)
+    facts = cached.preset_facts(names)
     return lambda name: facts.get(name, (None, None))[0]
 
 
@@ -88,7 +88,7 @@ def table2(records: pd.DataFrame) -> None:
         return
     cpu_banner()
     ratios = cmp.paper_ratios(paper, "FID")
-    table2_rows, table11_rows = paper, paper_table("table11_fid_prime", data.paper_tables())
+    table2_rows, table11_rows = paper, paper_table("table11_fid_prime", cached.paper_tables())
     for (scale, profile, dataset, student), block in relative.groupby(["scale", "profile", "dataset", "student"],
                                                                      sort=False, dropna=False):
         st.markdown(f"{scale_note(scale, profile, dataset)} · student `{student}`")

@@ -6,13 +6,12 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from dkdm import dashboard_compare as cmp
+from dkdm.dashboard_queries import compare as cmp
 from dkdm.paper import paper_entry
 
-from . import data
+from . import cached
 from .common import number_format
 from .paper_results import cpu_banner, paper_header
-
 
 SPEED_NOTE = ("CPU scale: seconds on this machine, not an A100. Compare the ratio to data-based training only.")
 
@@ -57,7 +56,7 @@ def table11(records: pd.DataFrame) -> None:
     teacher = paper.loc[paper["method"] == "Teacher", "FIDp"].iloc[0]
     free = paper.loc[paper["method"] == "Data-Free Training", "FIDp"].iloc[0]
     st.caption("Paper: FID' ÷ teacher FID' = " + ", ".join(
-        f"{m} {v / teacher:.2f}" for m, v in zip(paper["method"], paper["FIDp"]))
+        f"{m} {v / teacher:.2f}" for m, v in zip(paper["method"], paper["FIDp"], strict=True))
         + f"; DKDM FID' ÷ data-free FID' = {paper['FIDp'].iloc[2] / free:.2f}")
     if records.empty:
         st.info("No results of ours yet.")
@@ -88,7 +87,7 @@ def table11(records: pd.DataFrame) -> None:
 
 
 def fig6(records: pd.DataFrame) -> None:
-    entry = paper_entry("fig6_various_architectures", data.paper_tables())
+    entry = paper_entry("fig6_various_architectures", cached.paper_tables())
     paper = paper_header("fig6_various_architectures")
     st.caption(f"Speed metric in the paper: {entry.get('speed_metric')}. Only the points above are known "
                "numerically (inferred from Tables 2 and 11); the rest is a plot.")
@@ -97,7 +96,7 @@ def fig6(records: pd.DataFrame) -> None:
     if subset.empty:
         st.info("No DKDM / data-free results of ours yet.")
         return
-    facts = data.preset_facts(tuple(sorted(subset["student"].dropna().astype(str).unique())))
+    facts = cached.preset_facts(tuple(sorted(subset["student"].dropna().astype(str).unique())))
     subset = subset.assign(student_params=subset["student"].map(lambda s: facts.get(s, (None, None))[1]))
     paper_points = paper.assign(student_params=paper["params"].str.rstrip("M").astype(float) * 1e6)
     st.plotly_chart(px.scatter(paper_points, x="student_params", y="FID", color="method", log_x=True,
@@ -137,7 +136,7 @@ def _variant_curves(runs: pd.DataFrame, records: pd.DataFrame, uri: str) -> None
         return
     key = st.selectbox("Metric over training", keys, key="f4a_metric")
     with_key = candidates.loc[candidates[f"metrics.{key}"].notna()]
-    history = data.history(uri, tuple(with_key["run_id"]), key)
+    history = cached.history(uri, tuple(with_key["run_id"]), key)
     history = history.merge(with_key[["run_id", "method", "profile", "seed"]], on="run_id")
     history["run"] = history["method"] + " · seed " + history["seed"].astype(str)
     figure = px.line(history, x="step", y="value", color="method", line_group="run", facet_col="profile",
@@ -146,7 +145,7 @@ def _variant_curves(runs: pd.DataFrame, records: pd.DataFrame, uri: str) -> None
 
 
 def rho(runs: pd.DataFrame, records: pd.DataFrame, uri: str) -> None:
-    entry = paper_entry("fig4b_rho_sweep", data.paper_tables())
+    entry = paper_entry("fig4b_rho_sweep", cached.paper_tables())
     paper_header("fig4a_ablation_variants")
     st.markdown(f"**Paper, Figure 4b**: {entry['caption']}. rho values run: "
                 f"{', '.join(str(v) for v in entry['rho_values_from_code_readme'])}. {entry['text']}")

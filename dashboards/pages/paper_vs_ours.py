@@ -4,19 +4,19 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dkdm.dashboard_compare import result_records
-from dkdm.dashboard_data import latest_run
-from dkdm_ui import data, paper_results, paper_studies
+from dkdm.dashboard_queries.compare import result_records
+from dkdm.dashboard_queries.runs import latest_run
+from dkdm_ui import cached, paper_results, paper_studies
 from dkdm_ui.common import run_label, runs_or_empty, sidebar
 from dkdm_ui.markdown_view import embedded_markdown
 
 st.title("Paper vs ours")
-meta = data.paper_tables()["meta"]
+meta = cached.paper_tables()["meta"]
 st.caption(f"{meta['paper']} ({meta['venue']}, arXiv {meta['arxiv']}). Paper-scale runs (`dkdm.scale=paper`) "
            "stand beside the paper's numbers; CPU-scale digits runs are compared only by ratios and orderings.")
 src = sidebar()
 runs, why_empty = runs_or_empty(src)
-records = data.records(src.tracking_uri, src.experiment) if why_empty is None else result_records(runs)
+records = cached.records(src.tracking_uri, src.experiment) if why_empty is None else result_records(runs)
 
 if why_empty:
     st.info(f"{why_empty} The paper's tables are shown alone.", icon=":material/inbox:")
@@ -34,16 +34,16 @@ for stage, title in REPORTS.items():
     found = reports.get(stage)
     if found is None:
         continue
-    body = data.artifact(src.tracking_uri, found["run_id"], "report/report.md")
+    body = cached.artifact(src.tracking_uri, found["run_id"], "report/report.md")
     with st.expander(f"{title} · {run_label(found)}", expanded=stage == "reproduce" or reports["reproduce"] is None):
         if body is None:
             st.info(f"This {stage} run has no `report/report.md` artifact.")
             continue
         embedded_markdown(body.decode("utf-8", errors="replace"), key=stage)
-        images = [p for p in data.artifact_paths(src.tracking_uri, found["run_id"], "report")
+        images = [p for p in cached.artifact_paths(src.tracking_uri, found["run_id"], "report")
                   if p.lower().endswith((".png", ".jpg", ".jpeg", ".svg"))]
         for path in images:
-            image = data.artifact(src.tracking_uri, found["run_id"], path)
+            image = cached.artifact(src.tracking_uri, found["run_id"], path)
             if image is not None:
                 st.image(image, caption=path, width="content")
 if not runs.empty and reports.get("reproduce") is None:
@@ -60,6 +60,6 @@ sections = [
                               src.tracking_uri),
     lambda: paper_studies.discard(records),
 ]
-for tab, render in zip(tabs, sections):
+for tab, render in zip(tabs, sections, strict=True):
     with tab:
         render()

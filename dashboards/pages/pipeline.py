@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dkdm_ui import data
+from dkdm_ui import cached
 from dkdm_ui.common import sidebar
 
 STATUSES = ("up to date", "changed", "never run")
 
 st.title("DVC pipeline")
 src = sidebar()
-state = data.pipeline(str(src.project_root))
+state = cached.pipeline(str(src.project_root))
 if not state.has_dvc_yaml:
     st.info(f"No `dvc.yaml` in `{src.project_root}`. Start the dashboard from the project root (or set "
             "`DKDM_PROJECT_ROOT`) to see the pipeline.", icon=":material/inbox:")
@@ -21,7 +21,7 @@ if state.error:
 else:
     stages = state.stages
     counts = stages["status"].value_counts()
-    for col, status in zip(st.columns(len(STATUSES)), STATUSES):
+    for col, status in zip(st.columns(len(STATUSES)), STATUSES, strict=True):
         col.metric(f"stages {status}", int(counts.get(status, 0)))
     st.subheader("Stages")
     st.dataframe(stages, hide_index=True, width="stretch",

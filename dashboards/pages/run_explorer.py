@@ -6,8 +6,8 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from dkdm.dashboard_data import config_diff, metric_keys, run_params
-from dkdm_ui import data
+from dkdm.dashboard_queries.runs import config_diff, metric_keys, run_params
+from dkdm_ui import cached
 from dkdm_ui.common import labels, number_format, runs_or_stop, sidebar
 
 FILTERS = {"method": "Method", "profile": "Profile", "teacher": "Teacher", "student": "Student", "stage": "Stage"}
@@ -22,7 +22,7 @@ runs = runs_or_stop(src)
 
 columns = st.columns(len(FILTERS))
 filtered = runs
-for column, (field, title) in zip(columns, FILTERS.items()):
+for column, (field, title) in zip(columns, FILTERS.items(), strict=True):
     options = sorted(runs[field].dropna().astype(str).unique())
     chosen = column.multiselect(title, options, key=f"filter_{field}", placeholder="all")
     if chosen:
@@ -48,7 +48,7 @@ curves, over_training, grids, diff = st.tabs(["Loss curves", "Metric over traini
 
 
 def line_chart(run_ids: list[str], key: str, log_y: bool = False) -> None:
-    history = data.history(src.tracking_uri, tuple(run_ids), key)
+    history = cached.history(src.tracking_uri, tuple(run_ids), key)
     if history.empty:
         st.info(f"The chosen runs logged no `{key}` history.")
         return
@@ -91,7 +91,7 @@ with grids:
     cells = st.columns(3)
     for index, run_id in enumerate(picked):
         with cells[index % 3]:
-            image = data.artifact(src.tracking_uri, run_id, "samples/grid.png")
+            image = cached.artifact(src.tracking_uri, run_id, "samples/grid.png")
             if image is None:
                 st.info(f"{names[run_id]}: no `samples/grid.png`.")
             else:
@@ -106,8 +106,8 @@ with diff:
         left = left_col.selectbox("Left run", ids, index=0, format_func=names.get, key="diff_left")
         right = right_col.selectbox("Right run", ids, index=1, format_func=names.get, key="diff_right")
         everything = st.checkbox("Show unchanged keys too", value=False, key="diff_all")
-        left_cfg, left_src = data.run_config(src.tracking_uri, left, tuple(run_params(runs, left).items()))
-        right_cfg, right_src = data.run_config(src.tracking_uri, right, tuple(run_params(runs, right).items()))
+        left_cfg, left_src = cached.run_config(src.tracking_uri, left, tuple(run_params(runs, left).items()))
+        right_cfg, right_src = cached.run_config(src.tracking_uri, right, tuple(run_params(runs, right).items()))
         st.caption(f"left from {left_src}, right from {right_src}")
         changes = config_diff(left_cfg, right_cfg, only_changed=not everything)
         if changes.empty:

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dkdm.dashboard_data import store_exists
-from dkdm.dashboard_studies import storage_exists, trial_run, tune_runs
-from dkdm_ui import data
+from dkdm.dashboard_queries.runs import store_exists
+from dkdm.dashboard_queries.studies import storage_exists, trial_run, tune_runs
+from dkdm_ui import cached
 from dkdm_ui.common import number_format, run_label, sidebar
 
 st.title("Hyperparameter studies")
@@ -14,7 +14,7 @@ src = sidebar()
 runs = pd.DataFrame()
 if store_exists(src.tracking_uri):
     try:
-        runs = data.runs(src.tracking_uri, src.experiment)
+        runs = cached.runs(src.tracking_uri, src.experiment)
     except Exception as exc:  # the study page still works from Optuna alone
         st.warning(f"MLflow runs unavailable ({str(exc).splitlines()[0]}); showing Optuna only.")
 
@@ -29,17 +29,18 @@ if not storage_exists(src.storage):
     st.stop()
 
 try:
-    summaries = data.studies(src.storage)
+    summaries = cached.studies(src.storage)
 except Exception as exc:  # a foreign or corrupt storage must not crash the page
     st.error(f"Could not read the Optuna storage `{src.storage}`: {str(exc).splitlines()[0]}")
     st.stop()
 if summaries.empty:
-    st.info("The Optuna storage holds no study yet. `dkdm tune --study NAME --n-trials N` creates one.", icon=":material/inbox:")
+    st.info("The Optuna storage holds no study yet. `dkdm tune --study NAME --n-trials N` creates one.",
+            icon=":material/inbox:")
     st.stop()
 
 st.dataframe(summaries, hide_index=True, width="stretch", column_config=number_format(summaries))
 name = st.selectbox("Study", list(summaries["study"]), key="study")
-details = data.study(src.storage, name)
+details = cached.study(src.storage, name)
 
 best = details["best"]
 left, right = st.columns(2)

@@ -1,10 +1,13 @@
 """Checks on preset names and teacher/student pairs that settings run before any work."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from training.models.presets import Preset
 
 
-def _info(name: str) -> Any:
+def _info(name: str) -> Preset:
     from training.models import get_preset_info
 
     return get_preset_info(name)

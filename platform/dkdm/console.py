@@ -6,27 +6,27 @@ tag). Style comes from `style=` arguments, never from markup inside the printed 
 """
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from dkdm.errors import DkdmError
 from dkdm.settings import Settings
 
 # Verbatim text: no markup, no emoji codes, no highlighting of numbers or paths.
-PLAIN: dict[str, Any] = {"markup": False, "emoji": False, "highlight": False}
+PLAIN: dict[str, bool] = {"markup": False, "emoji": False, "highlight": False}
 err_console = Console(stderr=True, soft_wrap=True, **PLAIN)
 out_console = Console(soft_wrap=True, **PLAIN)
 # Piped or captured output has no width: wide enough that no column of a table is cut.
 PIPED_WIDTH = 160
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Context:
     started: float = field(default_factory=time.monotonic)
 
     @property
-    def device(self) -> Any:
+    def device(self) -> torch.device:
         import torch
 
         wanted = self.settings.runtime.device
@@ -62,19 +62,6 @@ def apply_runtime(settings: Settings) -> None:
 
     if settings.runtime.threads:
         torch.set_num_threads(settings.runtime.threads)
-
-
-@contextlib.contextmanager
-def progress_bar(description: str, total: int | None, *, enabled: bool = True) -> Iterator[Any]:
-    """A rich bar on stderr; `advance(n)` moves it. Disabled (a no-op) when not on a terminal."""
-    if not enabled:
-        yield lambda n=1: None
-        return
-    columns = (TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=True) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n=1: progress.advance(task, n)
 
 
 def summary(line: str) -> None:

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dkdm.dashboard_data import EXPERIMENT_ENV, PROJECT_ROOT_ENV, STORAGE_ENV, TRACKING_URI_ENV, resolve_sources
+from dkdm.dashboard_queries.runs import EXPERIMENT_ENV, PROJECT_ROOT_ENV, STORAGE_ENV, TRACKING_URI_ENV, resolve_sources
 
 APP_PATH = Path(__file__).resolve().parents[2] / "dashboards" / "app.py"
 

@@ -15,14 +15,12 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from dkdm.errors import DkdmError, one_line
 from dkdm.settings_latent import LatentSettings
-from dkdm.tuning_config import TuneSettings
+from dkdm.tuning.config import TuneSettings
 from training.diffusion.config import DiffusionConfig
 from training.distill.config import DATASET_METHODS, POOL_METHODS, DistillConfig, Method, PoolDType
 from training.train.config import TrainConfig
 
 DATASETS = ("digits", "cifar10", "celeba64", "imagenet32", "folder", "npz")
-# Fixed pipeline layout: dvc.yaml names the same paths (tests/test_settings.py checks they agree).
-OUTPUTS = Path("outputs")
 # Which DVC out each method trains from; a run's `source` must name it so dvc.yaml can depend on it.
 METHOD_SOURCES: dict[str, str] = {
     "dynamic": "outputs/pool",
@@ -148,12 +146,15 @@ class DistillSettings(Section):
 
     def config_for(self, run: str, *, synthetic_size: int | None = None,
                    synthetic_respacing: str = "") -> DistillConfig:
-        """The training-side config of one run (the object the trainer receives)."""
+        """The training-side config of one run (the object the trainer receives).
+
+        `rho` stays out: a dynamic run trains from the pool stage's file, which carries its own rho, so the runs
+        (and their DVC stages) do not depend on it.
+        """
         spec = self.runs[run]
         return DistillConfig(
             **self.train.model_dump(),
             method=spec.method,
-            rho=self.rho,
             teacher_batch_size=self.teacher_batch_size,
             discard_prob=spec.discard_prob if spec.method in POOL_METHODS else 0.0,
             pool_dtype=self.pool_dtype,
@@ -179,7 +180,8 @@ class EvaluateSettings(Section):
 
 class TrackingSettings(Section):
     enabled: bool = True
-    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (a server for teams)", validate_default=True)
+    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (a server for teams)",
+                     validate_default=True)
     experiment: str = "dkdm"
     system_metrics: bool = True
     system_metrics_interval_s: float = Field(5.0, gt=0)

@@ -7,9 +7,12 @@ UNet and `first_stage_model.*`) and because dvc.yaml then tracks them through th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from dkdm.settings import Settings
 
 
 class _Section(BaseModel):
@@ -32,7 +35,8 @@ class FirstStageSettings(_Section):
     preset: str = Field("vq-f4-digits", description="a vq-f4 family preset")
     source: Literal["train", "import"] = Field("train", description="train on the real data, or import weights")
     checkpoint: Path | None = Field(
-        None, description="source import: a standalone first-stage .ckpt; None = first_stage_model.* of teacher.checkpoint")
+        None,
+        description="source import: a standalone first-stage .ckpt; None = first_stage_model.* of teacher.checkpoint")
     train: FirstStageTrain = FirstStageTrain()
 
 
@@ -64,7 +68,7 @@ def _steps(field: str, value: str, num_timesteps: int) -> None:
         raise ValueError(f"{field}: latent profiles take a DDIM step count 1..{num_timesteps} or '' (got {value!r})")
 
 
-def check_latent(settings: Any) -> None:
+def check_latent(settings: Settings) -> None:
     """Cross-section checks of a latent profile (raises ValueError naming the field; pydantic adds no prefix)."""
     from dkdm.compat import check_preset, preset_shape
     from training.models import get_preset, get_preset_info
@@ -90,7 +94,8 @@ def check_latent(settings: Any) -> None:
                          f"images, data has {data.channels}")
     if dd["resolution"] % data.image_size:
         raise ValueError(f"teacher.latent.first_stage.preset: {fs.preset!r} works on {dd['resolution']}px images; "
-                         f"data.image_size {data.image_size} must divide it (images are upsampled by an integer factor)")
+                         f"data.image_size {data.image_size} must divide it "
+                         "(images are upsampled by an integer factor)")
     factor = 2 ** (len(dd["ch_mult"]) - 1)
     latent_shape = (get_preset(fs.preset)["embed_dim"], dd["resolution"] // factor)
     if preset_shape(settings.teacher.preset) != latent_shape:

@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -27,6 +27,9 @@ from dkdm.lineage import dvc_stage, git_commit
 from dkdm.settings import Settings, TrackingSettings
 from dkdm.tracking_queue import DeliveryQueue, Record, read_spool, write_spool
 from dkdm.tracking_system import start_sampler
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 MAX_PARAM_VALUE = 6000  # MLflow's limit on a parameter value
@@ -84,7 +87,7 @@ def _client(tracking: TrackingSettings):
     return client
 
 
-def experiment_id(client: Any, name: str) -> str:
+def experiment_id(client: MlflowClient, name: str) -> str:
     from mlflow.exceptions import MlflowException
 
     found = client.get_experiment_by_name(name)
@@ -109,7 +112,7 @@ def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _deliver_to(client: Any, run_id: str, artifact_uri: str):
+def _deliver_to(client: MlflowClient, run_id: str, artifact_uri: str):
     from mlflow.entities import Metric, Param, RunTag
 
     def deliver(record: Record) -> None:
@@ -138,7 +141,7 @@ def _deliver_to(client: Any, run_id: str, artifact_uri: str):
     return deliver
 
 
-def _register(client: Any, run_id: str, artifact_uri: str, *, name: str, artifact_path: str,
+def _register(client: MlflowClient, run_id: str, artifact_uri: str, *, name: str, artifact_path: str,
               tags: dict[str, str], description: str) -> None:
     from mlflow.exceptions import MlflowException
 
@@ -156,7 +159,7 @@ def _register(client: Any, run_id: str, artifact_uri: str, *, name: str, artifac
 class RunTracker:
     """One MLflow run; implements the trainer's Tracker protocol without blocking the caller."""
 
-    def __init__(self, client: Any, run_id: str, artifact_uri: str, tracking: TrackingSettings,
+    def __init__(self, client: MlflowClient, run_id: str, artifact_uri: str, tracking: TrackingSettings,
                  logged: Mapping[str, set[int]] | None = None) -> None:
         self.client = client
         # Steps a reattached run already holds per metric: a resumed trainer logs them again, bit-identical.
@@ -346,7 +349,7 @@ def start_run(settings: Settings, *, stage: str, run_name: str, method: str | No
         tracker.close(status)
 
 
-def _mark_dead_runs(client: Any, exp: str, tracking: TrackingSettings, *, keep: str | None) -> None:
+def _mark_dead_runs(client: MlflowClient, exp: str, tracking: TrackingSettings, *, keep: str | None) -> None:
     try:
         tracking_resume.mark_dead_runs(client, exp, spool_dir=tracking.spool_dir, keep=keep)
     except Exception as err:  # noqa: BLE001 - housekeeping of old runs must never block new work

@@ -18,7 +18,7 @@ _EXPORTS = {
     "TeacherBatch": "sources", "DataBatch": "sources", "PoolSource": "sources", "DatasetSource": "sources",
     "synthesize_dataset": "baselines", "load_synthetic": "baselines", "mix_data_limited": "baselines",
     "DatasetError": "baselines",
-    "build_run": "run", "run_distillation": "run",
+    "build_run": "run",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -23,7 +23,7 @@ from training.distill.teacher import DiffusionTeacherStep, TeacherStep
 from training.train.distributed import DistContext
 from training.train.rng import make_generator
 from training.train.tracker import Tracker
-from training.train.trainer import EvalFn, Trainer, TrainResult
+from training.train.trainer import EvalFn, Trainer
 
 
 def _pool_for(config: DistillConfig, step: TeacherStep, num_timesteps: int, image_shape: tuple[int, ...],
@@ -173,14 +173,4 @@ def build_run(
     meta = {"method": config.method, **(run_meta or {})}
     return Trainer(student, config, source, loss, device=dev, out_dir=out_dir, tracker=tracker, eval_fn=eval_fn,
                    ctx=ctx, run_meta=meta)
-
-
-def run_distillation(config: DistillConfig, *, resume: bool = True, until: int | None = None,
-                     **kwargs: Any) -> TrainResult:
-    """build_run + resume from `<out_dir>/resume.safetensors` when present + train; see build_run for arguments."""
-    trainer = build_run(config, **kwargs)
-    if resume:
-        trainer.resume_if_possible()
-    return trainer.run(until=until)
-
 

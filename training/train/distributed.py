@@ -1,4 +1,5 @@
-"""torchrun helpers: one context object instead of global rank lookups; gather-to-rank-0 for files only rank 0 writes."""
+"""torchrun helpers: one context object instead of global rank lookups; gather-to-rank-0 for files only rank 0
+writes."""
 from __future__ import annotations
 
 import os
@@ -92,11 +93,3 @@ def init_distributed(device: str | torch.device | None = None) -> DistContext:
 def shutdown_distributed(ctx: DistContext) -> None:
     if ctx.enabled and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def shard_bounds(total: int, ctx: DistContext, what: str = "pool") -> tuple[int, int]:
-    """The contiguous [start, stop) rows of `total` that belong to this rank; refuses uneven splits."""
-    if total % ctx.world_size:
-        raise ValueError(f"{what} of {total} entries cannot be split evenly over {ctx.world_size} processes")
-    size = total // ctx.world_size
-    return ctx.rank * size, (ctx.rank + 1) * size

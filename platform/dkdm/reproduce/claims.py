@@ -67,7 +67,8 @@ def decide(claim: Claim, values: Mapping[str, Sequence[float]], alpha: float) ->
 
 
 def paper_claims(rho_sweep: Sequence[tuple[float, str]]) -> list[Claim]:
-    """The five claims of issue 10 for the grid's variant names; `rho_sweep` is (rho, variant) pairs."""
+    """The paper's claims (Tables 2 and 11, Fig. 4) over the grid's variant names; `rho_sweep` is (rho, variant)
+    pairs (the rho claim needs two of them)."""
     claims = [
         Claim("dynamic_vs_data_free", "Dynamic iterative distillation beats data-free training at an equal "
               "iteration budget", "CIFAR-10 FID 9.56 vs 12.06 (Table 2); same architecture 6.85 vs 9.64 (Table 11)",
@@ -80,7 +81,8 @@ def paper_claims(rho_sweep: Sequence[tuple[float, str]]) -> list[Claim]:
     if len(ordered) >= 2:
         smallest, largest = ordered[0][1], ordered[-1][1]
         # Any larger rho significantly worse than a smaller one contradicts "larger helps".
-        reversals = tuple((ordered[j][1], ordered[i][1]) for i in range(len(ordered)) for j in range(i + 1, len(ordered))
+        reversals = tuple((ordered[j][1], ordered[i][1])
+                          for i in range(len(ordered)) for j in range(i + 1, len(ordered))
                           if (ordered[j][1], ordered[i][1]) != (largest, smallest))
         claims.append(Claim("rho", f"Larger rho helps up to {ordered[-1][0]:g}",
                             "Fig. 4b (curves only): gains flatten as rho grows; rho 0.4 used throughout", "fd",

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from dkdm.cli import handles_errors
+from dkdm.command import handles_errors
 from dkdm.errors import DkdmError
 
 app = typer.Typer(help="Reproduce the paper's claims: methods x seeds x rho with intervals and verdicts "
@@ -132,8 +132,8 @@ def run_all_cmd(jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="p
                 ) -> None:
     """The grid of dvc.yaml, JOBS processes at a time (skips finished runs), then the report; then `dvc commit`
     records the outputs in dvc.lock when the folder is a DVC pipeline run on its params.yaml."""
-    from dkdm.reproduce.params import read_params
     from dkdm.reproduce.parallel import run_all
+    from dkdm.reproduce.params import read_params
 
     devices = [g.strip() for g in gpus.split(",") if g.strip()]
     if any(not g.isdigit() for g in devices) or len(set(devices)) != len(devices):

@@ -12,13 +12,16 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from dkdm.console import summary
 from dkdm.errors import DkdmError
 from dkdm.reproduce.params import ExperimentParams, distill_config, experiment_settings, run_name
 from dkdm.reproduce.runs import EVALUATION_DIR, STUDENTS_DIR, TEACHER_EVAL_DIR
 from dkdm.stages.common import read_json
+
+if TYPE_CHECKING:
+    from training.distill.config import DistillConfig
 
 
 def _command(directory: Path, params_file: str, *args: str) -> list[str]:
@@ -129,7 +132,7 @@ def run_all(params: ExperimentParams, directory: Path, params_file: str, jobs: i
     return seconds
 
 
-def _trained(directory: Path, config: Any, variant: str, seed: int) -> bool:
+def _trained(directory: Path, config: DistillConfig, variant: str, seed: int) -> bool:
     """The student exists and was trained for the current definition (method, rho, budget): only its evaluation is
     missing. Anything else is retrained (run-one resumes an interrupted run)."""
     record_file = directory / STUDENTS_DIR / run_name(variant, seed) / "run.json"

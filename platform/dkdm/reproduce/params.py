@@ -20,9 +20,6 @@ from training.distill.config import DistillConfig, Method
 
 PARAMS_FILE = "params.yaml"
 PARAMS_VARIANT = "params-{name}.yaml"
-# The main methods of the paper's Table 2 / Fig. 4a; every claim compares variants of these methods.
-PAPER_METHODS = ("dynamic", "shuffled", "iterative", "data_free", "data_based")
-
 
 class Variant(BaseModel):
     """One kind of student: a method, and for the dynamic pool its rho (None = settings.distill.rho)."""

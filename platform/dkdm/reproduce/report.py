@@ -18,8 +18,6 @@ from dkdm.reproduce.stats import t_interval
 from dkdm.stages.common import read_json, write_json
 from dkdm.tracking import start_run
 
-METRICS = ("fd", "fd_teacher")
-
 
 def _values(results: Results, metric: str) -> dict[str, list[float]]:
     return {v: getattr(r, metric) for v, r in results.variants.items()}
@@ -47,7 +45,7 @@ def _wall_seconds() -> tuple[float | None, float]:
     return (max(stamps) - min(stamps) if stamps else None), trained
 
 
-def _shown_path(path: Any) -> str:
+def _shown_path(path: str | Path) -> str:
     """A path as the report shows it: relative to the repository when inside one (the report gets committed)."""
     path = Path(path).resolve()
     root = next((p for p in (path.parent, *path.parents) if (p / ".git").exists() or (p / ".dvc").is_dir()), None)
@@ -70,7 +68,8 @@ def markdown(ctx: Context, params: ExperimentParams, results: Results, decided: 
         lines += [f"> **{exp.note.strip()}**", ""]
     span, trained = wall
     lines += [
-        f"Teacher `{settings.teacher.preset}` → student `{settings.distill.student}`, dataset `{settings.data.dataset}`, "
+        f"Teacher `{settings.teacher.preset}` → student `{settings.distill.student}`, "
+        f"dataset `{settings.data.dataset}`, "
         f"T = {settings.diffusion.steps}. Every student: {config.iterations} iterations, batch {config.batch_size}, "
         f"lr {config.lr:g}, EMA {config.ema_rate}; {len(exp.seeds)} seeds ({', '.join(map(str, exp.seeds))}). "
         f"Scores use the EMA weights, {results.num_samples} samples, {settings.evaluate.respacing or 'all'} "
@@ -83,14 +82,15 @@ def markdown(ctx: Context, params: ExperimentParams, results: Results, decided: 
     if results.missing:
         lines += [f"**Incomplete grid:** {len(results.missing)} runs missing ({', '.join(results.missing)}); their "
                   "variants have fewer seeds below.", ""]
-    lines += ["## Scores", "", f"Mean ± {conf:.0%} t-interval over seeds (n-1 degrees of freedom); lower is better.", "",
-              f"| variant | method | rho | n | {fd} | {fdp} | flat ({fdp}, last quarter) |", "|---|---|---|---|---|---|---|"]
+    lines += ["## Scores", "", f"Mean ± {conf:.0%} t-interval over seeds (n-1 degrees of freedom); lower is better.",
+              "", f"| variant | method | rho | n | {fd} | {fdp} | flat ({fdp}, last quarter) |",
+              "|---|---|---|---|---|---|---|"]
     t_fd, t_fdp = t_interval(results.teacher.get(fd, []), conf), t_interval(results.teacher.get(fdp, []), conf)
     lines.append(f"| **teacher** | — | — | {t_fd.n} | {t_fd.text()} | {t_fdp.text()} | — |")
     t_floor = t_interval(results.teacher.get(floor, []), conf)
     lines.append(f"| *noise floor* (two sets of {results.num_samples} teacher samples) | — | — | {t_floor.n} | "
                  f"{t_floor.text()} | — | — |")
-    for variant, r in results.variants.items():
+    for r in results.variants.values():
         change = r.flatness(2)
         flat = "—" if not math.isfinite(change) else (
             f"{'yes' if abs(change) < exp.flat_tolerance else 'no'} ({change:+.0%})")
@@ -185,7 +185,7 @@ def _write_csv(results: Results, conf: float) -> Path:
         writer = csv.writer(handle)
         writer.writerow(["variant", "method", "rho", "seed", results.metric_fd, results.metric_fd_teacher])
         for v, r in results.variants.items():
-            for seed, a, b in zip(r.seeds, r.fd, r.fd_teacher):
+            for seed, a, b in zip(r.seeds, r.fd, r.fd_teacher, strict=True):
                 writer.writerow([v, r.method, "" if r.rho is None else r.rho, seed, f"{a:.6g}", f"{b:.6g}"])
     path.with_name(".results.csv.tmp").replace(path)
     return path

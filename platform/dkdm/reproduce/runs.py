@@ -34,6 +34,9 @@ from dkdm.tracking import start_run
 if TYPE_CHECKING:
     from dkdm.settings import Settings
     from training.diffusion import GaussianDiffusion
+    from torch import nn
+
+    from training.eval.extractor import Features
 
 SHARED_STAGES = ("data", "teacher", "features", "reference")
 OUT = Path("outputs")
@@ -64,13 +67,14 @@ def _scorer(ctx: Context):
     from training.eval.stats import load_reference_stats
 
     extractor = make_extractor(ctx.settings, ctx.device)
-    real = load_reference_stats(require(REAL_STATS_FILE, "dkdm reproduce stage features"), expected_space=extractor.space)
+    real = load_reference_stats(require(REAL_STATS_FILE, "dkdm reproduce stage features"),
+                                expected_space=extractor.space)
     teacher = load_reference_stats(require(TEACHER_STATS_FILE, "dkdm reproduce stage reference"),
                                    expected_space=extractor.space)
     return extractor, real, teacher
 
 
-def _sample(model: Any, diffusion: Any, ctx: Context, n: int, seed: int):
+def _sample(model: nn.Module, diffusion: Any, ctx: Context, n: int, seed: int):
     from training.eval.sampling import generate_samples
 
     ev = ctx.settings.evaluate
@@ -145,7 +149,7 @@ class CurveRecorder:
         self.diffusion = make_diffusion(ctx.settings, _eval_respacing(ctx))
         self.names = self.extractor.metric_names
 
-    def __call__(self, step: int, model: Any) -> dict[str, float]:
+    def __call__(self, step: int, model: nn.Module) -> dict[str, float]:
         from training.eval.evaluate import evaluate_features
 
         samples = _sample(model, self.diffusion, self.ctx, self.ctx.settings.distill.eval_samples,
@@ -163,13 +167,13 @@ class CurveRecorder:
         return write_csv(self.path, CURVE_COLUMNS, self.rows)
 
 
-def _head(features: Any, n: int) -> Any:
+def _head(features: Features, n: int) -> Features:
     from training.eval.extractor import Features
 
     return Features(*(None if t is None else t[:n] for t in (features.pool, features.logits, features.spatial)))
 
 
-def _tail(features: Any, n: int) -> Any:
+def _tail(features: Features, n: int) -> Features:
     from training.eval.extractor import Features
 
     return Features(*(None if t is None else t[n:] for t in (features.pool, features.logits, features.spatial)))
@@ -203,7 +207,8 @@ def train_one(ctx: Context, params: ExperimentParams, variant: str, seed: int) -
     folder = student_dir(variant, seed)
     curve = CurveRecorder(ctx, folder / "curve.csv") if config.eval_every else None
     stage = "distill" if spec.method in ("dynamic", "shuffled", "iterative") else "train"
-    tags = {**EXPERIMENT_TAG, "dkdm.variant": variant, "dkdm.rho": str(config.rho) if spec.method == "dynamic" else None}
+    tags = {**EXPERIMENT_TAG, "dkdm.variant": variant,
+            "dkdm.rho": str(config.rho) if spec.method == "dynamic" else None}
     name, identity = f"reproduce-{run_name(variant, seed)}", {"teacher": teacher_fingerprint(), "variant": variant}
     with start_run(settings, stage=stage, run_name=name, method=spec.method, student=preset, tags=tags,
                    resume_state=resume_state_file(settings, name, preset, config, identity)) as tracker:

@@ -108,7 +108,8 @@ def train_network(
 
     torch.manual_seed(config.seed)  # weight initialisation; the trainer seeds everything after it
     student = create_model(get_preset(preset))
-    diffusion = space.process(space.diffusion_config(), ctx.device)
+    diffusion_config = space.diffusion_config()
+    diffusion = space.process(diffusion_config, ctx.device)
     folder = work_dir(training_folder(space, name, preset, config, extra_key).name)
     log = LossLog(tracker, loss_csv)
     trainer = build_run(

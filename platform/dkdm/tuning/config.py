@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from training.distill.config import POOL_METHODS, Method
 
 PrunerName = Literal["median", "hyperband", "none"]
-# Beside mlflow.db; the dashboard's discovery list (dkdm.dashboard_studies) includes this name.
+# Beside mlflow.db; the dashboard's discovery list (dkdm.dashboard_queries.studies) includes this name.
 DEFAULT_STORAGE = "optuna.journal"
 
 

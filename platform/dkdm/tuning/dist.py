@@ -8,16 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING
 
-from dkdm.tuning_objective import TrialFailure, TrialPrunedAt
+from dkdm.tuning.objective import TrialFailure, TrialPrunedAt
 from training.train.distributed import DistContext
+
+if TYPE_CHECKING:
+    from dkdm.tuning.space import TrialParams
 
 STOP = "stop"
 TRIAL = "trial"
 
 
-def announce(ctx: DistContext, number: int, params: Any) -> None:
+def announce(ctx: DistContext, number: int, params: TrialParams) -> None:
     ctx.broadcast_object((TRIAL, number, params))
 
 
@@ -30,7 +33,7 @@ def leading(ctx: DistContext) -> Iterator[None]:
         ctx.broadcast_object((STOP, None, None))
 
 
-def follow(ctx: DistContext, run: Callable[[Any], Any]) -> list[tuple[int, str]]:
+def follow(ctx: DistContext, run: Callable[[TrialParams], object]) -> list[tuple[int, str]]:
     """A non-zero rank's side: run each announced trial until rank 0 says stop; returns (number, outcome)."""
     seen: list[tuple[int, str]] = []
     while True:

@@ -1,6 +1,6 @@
 """One trial of a study: distil a student with the suggested hyperparameters for a fixed budget, score FD'.
 
-Free of Optuna and MLflow: the orchestrator (dkdm.tuning) passes `report(step, value) -> prune?` and a Tracker.
+Free of Optuna and MLflow: the orchestrator (dkdm.tuning.study) passes `report(step, value) -> prune?` and a Tracker.
 Intermediate FD' runs in the trainer's eval hook on rank 0; the prune decision is broadcast to every rank
 after each stretch of training, so all ranks stop together. Everything a trial builds is released before it
 returns (models, pool, optimizer state, cached CUDA blocks), whatever the outcome.
@@ -12,15 +12,20 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from dkdm.tuning_space import TrialParams, student_config
+from dkdm.tuning.space import TrialParams, student_config
 from training.distill.config import DistillConfig
 from training.train.distributed import DistContext
 from training.train.tracker import Tracker
+
+if TYPE_CHECKING:
+    from training.eval.extractor import FeatureExtractor
+    from training.eval.stats import ReferenceStats
+    from training.train.trainer import Trainer
 
 Report = Callable[[int, float], bool]
 
@@ -62,8 +67,8 @@ class TuneInputs:
     student_diffusion: Any
     eval_diffusion: Any
     diffusion_config: dict[str, Any]
-    extractor: Any
-    teacher_stats: Any
+    extractor: FeatureExtractor
+    teacher_stats: ReferenceStats
     image_shape: tuple[int, int, int]
     metric: str
     student_preset: str
@@ -197,7 +202,7 @@ class TrialRunner:
             # A raised exception's traceback keeps this frame alive: drop the student, pool and optimizer now.
             trainer = student = None  # noqa: F841
 
-    def _save(self, save_dir: Path, trainer: Any, model_config: dict[str, Any], provenance: dict[str, Any]) -> Path:
+    def _save(self, save_dir: Path, trainer: Trainer, model_config: dict[str, Any], provenance: dict[str, Any]) -> Path:
         from training.models import save_checkpoint
 
         save_dir.mkdir(parents=True, exist_ok=True)

@@ -22,8 +22,8 @@ from dkdm.stages.common import (
     make_extractor,
 )
 from dkdm.teacher_compat import check_teacher_compat
-from dkdm.tuning_config import TuneSettings
-from dkdm.tuning_objective import TrialBudget, TuneInputs
+from dkdm.tuning.config import TuneSettings
+from dkdm.tuning.objective import TrialBudget, TuneInputs
 
 __all__ = ["InputPaths", "base_distill_config", "budget_for", "check_paths", "default_method", "load_inputs",
            "num_timesteps"]

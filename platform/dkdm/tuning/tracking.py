@@ -12,9 +12,19 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dkdm.tuning_storage import wait_for
+from dkdm.tuning.storage import wait_for
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+    from optuna import Study
+    from optuna.trial import FrozenTrial
+
+    from dkdm.settings import Settings
+    from dkdm.tracking import RunTracker
+    from training.train.tracker import Tracker
 
 log = logging.getLogger(__name__)
 RUN_ID_ATTR = "mlflow_run_id"
@@ -34,20 +44,21 @@ class NullStudyTracking:
 
     parent_run_id = ""
 
-    def start_trial(self, number: int, params: dict[str, Any], method: str) -> Any:
+    def start_trial(self, number: int, params: dict[str, Any], method: str) -> Tracker:
         from training.train.tracker import NullTracker
 
         return NullTracker()
 
-    def end_trial(self, tracker: Any, state: str, *, value: float | None = None, reason: str = "") -> None: ...
-    def reconcile(self, study: Any) -> None: ...
-    def finish(self, study: Any, metric: str) -> None: ...
-    def register_best(self, study: Any, out_dir: Path) -> str | None:
+    def end_trial(self, tracker: Tracker, state: str, *, value: float | None = None, reason: str = "") -> None: ...
+    def reconcile(self, study: Study) -> None: ...
+    def finish(self, study: Study, metric: str) -> None: ...
+    def register_best(self, study: Study, out_dir: Path) -> str | None:
         return None
 
 
 class StudyTracking:
-    def __init__(self, settings: Any, study_name: str, *, client: Any, experiment_id: str, parent_run_id: str,
+    def __init__(self, settings: Settings, study_name: str, *, client: MlflowClient, experiment_id: str,
+                 parent_run_id: str,
                  student: str) -> None:
         self.settings = settings
         self.study_name = study_name
@@ -59,7 +70,7 @@ class StudyTracking:
     # ------------------------------------------------------------------ parent
 
     @classmethod
-    def open(cls, settings: Any, study_name: str, *, created: bool, student: str, method: str,
+    def open(cls, settings: Settings, study_name: str, *, created: bool, student: str, method: str,
              params: dict[str, Any]) -> StudyTracking | NullStudyTracking:
         """Find the study's parent run or create it. The worker that created the Optuna study creates it; the
         others wait briefly for it, so parallel workers share one parent."""
@@ -100,7 +111,7 @@ class StudyTracking:
 
     # ------------------------------------------------------------------ trials
 
-    def start_trial(self, number: int, params: dict[str, Any], method: str) -> Any:
+    def start_trial(self, number: int, params: dict[str, Any], method: str) -> RunTracker:
         from dkdm.tracking import RunTracker, run_tags
 
         tags = run_tags(self.settings, stage="trial", method=method, student=self.student, extra={
@@ -112,14 +123,14 @@ class StudyTracking:
         tracker.log_params(params)
         return tracker
 
-    def end_trial(self, tracker: Any, state: str, *, value: float | None = None, reason: str = "") -> None:
+    def end_trial(self, tracker: Tracker, state: str, *, value: float | None = None, reason: str = "") -> None:
         tags: dict[str, Any] = {"dkdm.trial_state": state}
         if reason:
             tags["dkdm.fail_reason"] = reason[:5000]
         tracker.set_tags(tags)
         tracker.close(RUN_STATUS[state])
 
-    def reconcile(self, study: Any) -> None:
+    def reconcile(self, study: Study) -> None:
         """Close the runs of trials another worker can no longer close (it died; the storage failed its trial)."""
         for trial in study.get_trials(deepcopy=False):
             run_id = trial.user_attrs.get(RUN_ID_ATTR)
@@ -138,7 +149,7 @@ class StudyTracking:
 
     # ------------------------------------------------------------------ study end
 
-    def finish(self, study: Any, metric: str) -> None:
+    def finish(self, study: Study, metric: str) -> None:
         from mlflow.entities import Metric
 
         counts = {state: 0 for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
@@ -152,10 +163,11 @@ class StudyTracking:
             for key, value in best.params.items():
                 self.client.set_tag(self.parent_run_id, f"dkdm.best.{key}", str(value))
         now = _now_ms()
-        self.client.log_batch(self.parent_run_id, metrics=[Metric(k, v, now, len(study.trials)) for k, v in metrics.items()])
+        self.client.log_batch(self.parent_run_id,
+                              metrics=[Metric(k, v, now, len(study.trials)) for k, v in metrics.items()])
         self.client.set_terminated(self.parent_run_id, "RUNNING" if counts["RUNNING"] else "FINISHED")
 
-    def register_best(self, study: Any, out_dir: Path) -> str | None:
+    def register_best(self, study: Study, out_dir: Path) -> str | None:
         """Register the best trial's student unless that trial is registered already; returns the version."""
         from dkdm.tracking import RunTracker
 
@@ -184,7 +196,7 @@ class StudyTracking:
         versions = [v for v in self._versions(name) if v.run_id == run_id]
         return str(versions[-1].version) if versions else None
 
-    def _versions(self, name: str) -> list[Any]:
+    def _versions(self, name: str) -> list[ModelVersion]:
         try:
             return list(self.client.search_model_versions(f"name='{name}'"))
         except Exception:  # noqa: BLE001 - no such registered model yet
@@ -210,7 +222,7 @@ def _store_creation_lock(uri: str) -> Iterator[None]:
         yield
 
 
-def best_trial(study: Any) -> Any:
+def best_trial(study: Study) -> FrozenTrial | None:
     try:
         return study.best_trial
     except ValueError:  # no completed trial

@@ -13,13 +13,17 @@ Intermediate FD' feeds the pruner. Running the command again on a study adds tri
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from dkdm.command import context, handles_errors
 from dkdm.errors import DkdmError
-from dkdm.tuning_config import TuneSettings
-from dkdm.tuning_study import TuneSummary, check_study_name, run_study, tune_settings
+from dkdm.tuning.config import TuneSettings
+from dkdm.tuning.study import TuneSummary, check_study_name, run_study, tune_settings
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 __all__ = ["TuneSettings", "TuneSummary", "app", "best_trials_table", "run_study", "tune_settings"]
 
@@ -27,12 +31,12 @@ __all__ = ["TuneSettings", "TuneSummary", "app", "best_trials_table", "run_study
 # --------------------------------------------------------------------------- --show
 
 
-def best_trials_table(storage_spec: str, name: str, tune: TuneSettings, top: int = 10) -> Any:
+def best_trials_table(storage_spec: str, name: str, tune: TuneSettings, top: int = 10) -> Table:
     """A rich Table of the study's best complete trials (ascending value), with a caption of its state counts."""
     import optuna
     from rich.table import Table
 
-    from dkdm.tuning_storage import is_url, open_storage
+    from dkdm.tuning.storage import is_url, open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if not is_url(storage_spec) and not Path(storage_spec).is_file():
@@ -64,7 +68,7 @@ def best_trials_table(storage_spec: str, name: str, tune: TuneSettings, top: int
     return table
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
     return "" if value is None else str(value)
@@ -78,26 +82,42 @@ app = typer.Typer(help="Optuna studies over rho, the learning rate, the student 
 
 @app.callback(invoke_without_command=True)
 def tune_cmd(
-    study: Annotated[Optional[str], typer.Option("--study", "-s", help="study name (created, or resumed if it exists)")] = None,
+    study: Annotated[
+        Optional[str], typer.Option("--study", "-s", help="study name (created, or resumed if it exists)")
+    ] = None,
     n_trials: Annotated[Optional[int], typer.Option("--n-trials", "-n", min=1, help="trials this worker runs")] = None,
-    storage: Annotated[Optional[str], typer.Option(help="journal file path or database URL (default: tune.storage, optuna.journal)")] = None,
-    profile: Annotated[Optional[str], typer.Option("--profile", "-p", help="profile name or YAML file (default: params.yaml)")] = None,
+    storage: Annotated[
+        Optional[str], typer.Option(help="journal file path or database URL (default: tune.storage, optuna.journal)")
+    ] = None,
+    profile: Annotated[
+        Optional[str], typer.Option("--profile", "-p", help="profile name or YAML file (default: params.yaml)")
+    ] = None,
     pruner: Annotated[Optional[str], typer.Option(help="median | hyperband | none (default: tune.pruner)")] = None,
-    method_choice: Annotated[Optional[bool], typer.Option("--method-choice/--no-method-choice", help="also search the distillation method")] = None,
-    iterations: Annotated[Optional[int], typer.Option(min=1, help="student steps per trial (default: tune.iterations)")] = None,
+    method_choice: Annotated[
+        Optional[bool], typer.Option("--method-choice/--no-method-choice", help="also search the distillation method")
+    ] = None,
+    iterations: Annotated[
+        Optional[int], typer.Option(min=1, help="student steps per trial (default: tune.iterations)")
+    ] = None,
     eval_every: Annotated[Optional[int], typer.Option(min=1, help="steps between intermediate FD' (pruning)")] = None,
-    timeout: Annotated[Optional[float], typer.Option(min=1, help="stop starting trials after this many seconds")] = None,
-    total_trials: Annotated[Optional[int], typer.Option(min=1, help="stop once the study holds this many trials (all workers)")] = None,
-    worker_index: Annotated[int, typer.Option(min=0, help="K of parallel workers: TPE seed + K (give each worker its own)")] = 0,
+    timeout: Annotated[
+        Optional[float], typer.Option(min=1, help="stop starting trials after this many seconds")
+    ] = None,
+    total_trials: Annotated[
+        Optional[int], typer.Option(min=1, help="stop once the study holds this many trials (all workers)")
+    ] = None,
+    worker_index: Annotated[
+        int, typer.Option(min=0, help="K of parallel workers: TPE seed + K (give each worker its own)")
+    ] = 0,
     teacher: Annotated[Optional[Path], typer.Option(help="teacher checkpoint (default: the pipeline's)")] = None,
-    teacher_stats: Annotated[Optional[Path], typer.Option(help="FD' reference statistics (default: the pipeline's)")] = None,
+    teacher_stats: Annotated[
+        Optional[Path], typer.Option(help="FD' reference statistics (default: the pipeline's)")
+    ] = None,
     classifier: Annotated[Optional[Path], typer.Option(help="digits feature network (default: the pipeline's)")] = None,
     show: Annotated[Optional[str], typer.Option("--show", help="print the best trials of study NAME and exit")] = None,
     top: Annotated[int, typer.Option(min=1, help="rows of --show")] = 10,
 ) -> None:
     """Run trials of an Optuna study (several workers may share one storage), or --show a study's best trials."""
-    from dkdm.cli import handles_errors
-
     handles_errors(_tune_main)(
         study=study, n_trials=n_trials, storage=storage, profile=profile, pruner=pruner, method_choice=method_choice,
         iterations=iterations, eval_every=eval_every, timeout=timeout, total_trials=total_trials,
@@ -110,9 +130,8 @@ def _tune_main(*, study: str | None, n_trials: int | None, storage: str | None, 
                pruner: str | None, method_choice: bool | None, iterations: int | None, eval_every: int | None,
                timeout: float | None, total_trials: int | None, worker_index: int, teacher: Path | None,
                teacher_stats: Path | None, classifier: Path | None, show: str | None, top: int) -> None:
-    from dkdm.cli import context
     from dkdm.console import print_table, summary
-    from dkdm.tuning_inputs import InputPaths
+    from dkdm.tuning.inputs import InputPaths
     from training.train.distributed import init_distributed, shutdown_distributed
 
     ctx = context(profile)
@@ -143,7 +162,3 @@ def _tune_main(*, study: str | None, n_trials: int | None, storage: str | None, 
     registered = f"; registered version {result.registered_version}" if result.registered_version else ""
     summary(f"tune {study}: ran {result.ran} trials ({states} in the study); {best}{registered} "
             f"[{result.storage}, {ctx.elapsed():.0f}s]")
-
-
-if __name__ == "__main__":
-    app(prog_name="dkdm tune")

@@ -13,11 +13,18 @@ import os
 import socket
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dkdm.errors import DkdmError
-from dkdm.tuning_config import TuneSettings
+from dkdm.tuning.config import TuneSettings
+
+T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from optuna import Study
+    from optuna.storages import BaseStorage
 
 log = logging.getLogger(__name__)
 WORKER_ATTR = "dkdm_worker"
@@ -40,7 +47,7 @@ def storage_label(storage: str) -> str:
     return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
 
 
-def open_storage(storage: str, tune: TuneSettings) -> Any:
+def open_storage(storage: str, tune: TuneSettings) -> BaseStorage:
     """An Optuna storage for `storage` (a journal file path or an RDB URL); a bad one is one clear error."""
     import optuna
     from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -98,7 +105,7 @@ def _alive(worker: dict[str, Any]) -> bool:
         return False
 
 
-def fail_dead_local_trials(study: Any) -> list[int]:
+def fail_dead_local_trials(study: Study) -> list[int]:
     """Fail RUNNING trials whose recorded worker ran on this host and is gone; returns their numbers."""
     from optuna.trial import TrialState
 
@@ -121,7 +128,7 @@ def fail_dead_local_trials(study: Any) -> list[int]:
     return failed
 
 
-def fail_stale(study: Any) -> list[int]:
+def fail_stale(study: Study) -> list[int]:
     """Both mechanisms: Optuna's heartbeat (RDB storages) and the local dead-pid check (every storage)."""
     import optuna
 
@@ -135,12 +142,12 @@ def fail_stale(study: Any) -> list[int]:
     return failed
 
 
-def _finished_normally(study: Any, numbers: set[int]) -> set[int]:
+def _finished_normally(study: Study, numbers: set[int]) -> set[int]:
     """Of trials that left RUNNING meanwhile, those that ended on their own (not failed by the heartbeat)."""
     return {t.number for t in study.get_trials(deepcopy=False) if t.number in numbers and t.state.name != "FAIL"}
 
 
-def wait_for(predicate: Any, timeout_s: float, interval_s: float = 0.5) -> Any:
+def wait_for(predicate: Callable[[], T], timeout_s: float, interval_s: float = 0.5) -> T:
     """Poll `predicate()` until it returns something truthy or time runs out (returns the last value)."""
     deadline = time.monotonic() + timeout_s
     value = predicate()

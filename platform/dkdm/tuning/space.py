@@ -7,9 +7,12 @@ never offered to the sampler.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dkdm.tuning_config import TuneSettings
+from dkdm.tuning.config import TuneSettings
+
+if TYPE_CHECKING:
+    from optuna import Trial
 
 # The key that sets a preset's width, per family.
 WIDTH_KEYS = {"adm-unet": "num_channels", "dit": "hidden_size", "ldm-unet": "model_channels"}
@@ -113,7 +116,7 @@ class SearchSpace:
         methods = tuple(tune.methods) if choose else (default_method,)
         return cls(rho=(low, high), lr=tune.lr, widths=tuple(widths), width_key=width_key(student), methods=methods)
 
-    def suggest(self, trial: Any) -> TrialParams:
+    def suggest(self, trial: Trial) -> TrialParams:
         """Draw a point through an Optuna trial; rho exists only where the method uses it (a conditional space)."""
         method = trial.suggest_categorical("method", list(self.methods)) if len(self.methods) > 1 else self.methods[0]
         lr = trial.suggest_float("lr", self.lr[0], self.lr[1], log=True)

@@ -250,7 +250,7 @@ def cross_architecture(records: pd.DataFrame, family_of: Callable[[str], str | N
                 continue
             means = block.groupby("method")[metric].mean()
             free, dkdm = means.get("data_free", np.nan), means.get("dynamic", np.nan)
-            presets = sorted({f"{t}→{s}" for t, s in zip(block["teacher"], block["student"])})
+            presets = sorted({f"{t}→{s}" for t, s in zip(block["teacher"], block["student"], strict=True)})
             rows.append({"scale": scale, "profile": profile, "teacher": t_arch, "student": s_arch, "metric": metric,
                          "data_free": free, "dkdm": dkdm, "dkdm ÷ data_free": dkdm / free if free else np.nan,
                          "presets": ", ".join(presets)})

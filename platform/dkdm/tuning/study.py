@@ -1,7 +1,7 @@
 """The study loop of `dkdm tune`: open or resume the study, run this worker's trials, record them in MLflow.
 
 Under torchrun only rank 0 opens the storage and MLflow; the other ranks follow its announcements
-(dkdm.tuning_dist). A trial that fails (non-finite loss or FD', out of memory, a crash) is recorded as FAIL
+(dkdm.tuning.dist). A trial that fails (non-finite loss or FD', out of memory, a crash) is recorded as FAIL
 with its reason and the study goes on; after `tune.max_consecutive_failures` failures in a row the worker stops.
 """
 from __future__ import annotations
@@ -11,13 +11,28 @@ import os
 import re
 import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dkdm.errors import DkdmError
-from dkdm.tuning_config import TuneSettings
-from dkdm.tuning_storage import FAIL_REASON_ATTR, WORKER_ATTR
+from dkdm.tuning.config import TuneSettings
+from dkdm.tuning.storage import FAIL_REASON_ATTR, WORKER_ATTR
+
+if TYPE_CHECKING:
+    import torch
+    from optuna import Study, Trial
+    from optuna.pruners import BasePruner
+    from optuna.samplers import BaseSampler
+    from optuna.storages import BaseStorage
+    from optuna.trial import FrozenTrial
+
+    from dkdm.settings import Settings
+    from dkdm.tuning.inputs import InputPaths
+    from dkdm.tuning.objective import TrialBudget, TrialRunner
+    from dkdm.tuning.space import SearchSpace, TrialParams
+    from training.train.distributed import DistContext
 
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 ENV_PREFIX = "DKDM_TUNE__"
@@ -69,7 +84,7 @@ def check_study_name(name: str) -> str:
     return name
 
 
-def make_pruner(tune: TuneSettings, iterations: int, eval_every: int) -> Any:
+def make_pruner(tune: TuneSettings, iterations: int, eval_every: int) -> BasePruner:
     import optuna
 
     if tune.pruner == "median":
@@ -80,7 +95,7 @@ def make_pruner(tune: TuneSettings, iterations: int, eval_every: int) -> Any:
     return optuna.pruners.NopPruner()
 
 
-def make_sampler(tune: TuneSettings, worker_index: int) -> Any:
+def make_sampler(tune: TuneSettings, worker_index: int) -> BaseSampler:
     import optuna
 
     with warnings.catch_warnings():
@@ -90,7 +105,8 @@ def make_sampler(tune: TuneSettings, worker_index: int) -> Any:
                                           constant_liar=True)
 
 
-def open_study(name: str, storage: Any, *, sampler: Any, pruner: Any, fixed: dict[str, Any]) -> tuple[Any, bool]:
+def open_study(name: str, storage: BaseStorage, *, sampler: BaseSampler, pruner: BasePruner,
+               fixed: dict[str, Any]) -> tuple[Study, bool]:
     """Create the study, or load it and check it was made for the same profile, metric, budget and space.
 
     Creation is atomic in every storage, so among parallel workers exactly one sees `created`.
@@ -125,7 +141,7 @@ class _FailureGuard:
         self.streak = 0
         self.last_reason = ""
 
-    def __call__(self, study: Any, trial: Any) -> None:
+    def __call__(self, study: Study, trial: FrozenTrial) -> None:
         if trial.state.name != "FAIL":
             self.streak = 0
             return
@@ -139,14 +155,15 @@ class _FailureGuard:
         return self.streak >= self.limit
 
 
-def run_study(settings: Any, *, study_name: str, n_trials: int | None, tune: TuneSettings, device: Any,
-              paths: Any = None, timeout: float | None = None, worker_index: int = 0,
-              total_trials: int | None = None, ctx: Any = None) -> TuneSummary | None:
+def run_study(settings: Settings, *, study_name: str, n_trials: int | None, tune: TuneSettings,
+              device: torch.device, paths: InputPaths | None = None, timeout: float | None = None,
+              worker_index: int = 0, total_trials: int | None = None,
+              ctx: DistContext | None = None) -> TuneSummary | None:
     """Run trials of one study on this worker; returns the summary on rank 0, None on the other ranks."""
-    from dkdm.tuning_dist import announce, follow, leading
-    from dkdm.tuning_inputs import InputPaths, budget_for, default_method, load_inputs, num_timesteps
-    from dkdm.tuning_objective import TrialRunner
-    from dkdm.tuning_space import SearchSpace
+    from dkdm.tuning.dist import announce, follow, leading
+    from dkdm.tuning.inputs import InputPaths, budget_for, default_method, load_inputs, num_timesteps
+    from dkdm.tuning.objective import TrialRunner
+    from dkdm.tuning.space import SearchSpace
     from training.train.distributed import DistContext
 
     check_study_name(study_name)
@@ -166,14 +183,15 @@ def run_study(settings: Any, *, study_name: str, n_trials: int | None, tune: Tun
                            total_trials=total_trials, announce=lambda n, p: announce(ctx, n, p))
 
 
-def _lead_study(settings: Any, *, study_name: str, n_trials: int | None, tune: TuneSettings, space: Any,
-                budget: Any, runner: Any, method: str, timeout: float | None, worker_index: int,
-                total_trials: int | None, announce: Any) -> TuneSummary:
+def _lead_study(settings: Settings, *, study_name: str, n_trials: int | None, tune: TuneSettings,
+                space: SearchSpace, budget: TrialBudget, runner: TrialRunner, method: str, timeout: float | None,
+                worker_index: int, total_trials: int | None,
+                announce: Callable[[int, TrialParams], None]) -> TuneSummary:
     import optuna
 
-    from dkdm.tuning_mlflow import RUN_ID_ATTR, StudyTracking, best_trial, trial_dir
-    from dkdm.tuning_objective import TrialFailure, TrialPrunedAt
-    from dkdm.tuning_storage import fail_stale, open_storage, storage_label, worker_identity
+    from dkdm.tuning.objective import TrialFailure, TrialPrunedAt
+    from dkdm.tuning.storage import fail_stale, open_storage, storage_label, worker_identity
+    from dkdm.tuning.tracking import RUN_ID_ATTR, StudyTracking, best_trial, trial_dir
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(tune.storage, tune)
@@ -191,12 +209,13 @@ def _lead_study(settings: Any, *, study_name: str, n_trials: int | None, tune: T
         settings, study_name, created=created, student=settings.distill.student, method=method,
         params={**space.describe(), "budget.iterations": budget.iterations, "budget.eval_every": budget.eval_every,
                 "budget.eval_samples": budget.eval_samples, "budget.final_samples": budget.final_samples,
-                "pruner": tune.pruner, "sampler": "TPE", "sampler.seed": tune.seed, "storage": storage_label(tune.storage)},
+                "pruner": tune.pruner, "sampler": "TPE", "sampler.seed": tune.seed,
+                "storage": storage_label(tune.storage)},
     )
     tracking.reconcile(study)
     me = worker_identity()
 
-    def objective(trial: Any) -> float:
+    def objective(trial: Trial) -> float:
         params = space.suggest(trial)
         trial.set_user_attr(WORKER_ATTR, me)
         trial.set_user_attr("method", params.method)
@@ -254,10 +273,10 @@ def _lead_study(settings: Any, *, study_name: str, n_trials: int | None, tune: T
                        metric=metric, registered_version=version)
 
 
-def _drop_beaten_students(study: Any, out_dir: Path, study_name: str) -> None:
+def _drop_beaten_students(study: Study, out_dir: Path, study_name: str) -> None:
     """Delete the students of complete trials that are not the best: a final value never changes, so a beaten
     trial can never become the best again (running trials are untouched)."""
-    from dkdm.tuning_mlflow import best_trial, trial_dir
+    from dkdm.tuning.tracking import best_trial, trial_dir
 
     best = best_trial(study)
     for trial in study.get_trials(deepcopy=False):

@@ -7,9 +7,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from dkdm import dashboard_data as mlf
-from dkdm import dashboard_pipeline, dashboard_studies
-from dkdm.dashboard_compare import result_records
+from dkdm.dashboard_queries import pipeline as pipeline_queries
+from dkdm.dashboard_queries import runs as mlf
+from dkdm.dashboard_queries import studies as study_queries
+from dkdm.dashboard_queries.compare import result_records
 from dkdm.paper import load_paper_tables
 
 TTL_S = 30
@@ -55,17 +56,17 @@ def run_config(uri: str, run_id: str, params: tuple[tuple[str, str], ...]) -> tu
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def studies(storage: str | None) -> pd.DataFrame:
-    return dashboard_studies.study_summaries(storage)
+    return study_queries.study_summaries(storage)
 
 
 @st.cache_data(ttl=TTL_S, show_spinner="Loading the study…")
 def study(storage: str | None, name: str) -> dict:
-    return dashboard_studies.study_details(storage, name)
+    return study_queries.study_details(storage, name)
 
 
 @st.cache_data(ttl=TTL_S, show_spinner="Asking DVC for the pipeline status…")
-def pipeline(root: str) -> dashboard_pipeline.PipelineState:
-    return dashboard_pipeline.pipeline_state(Path(root))
+def pipeline(root: str) -> pipeline_queries.PipelineState:
+    return pipeline_queries.pipeline_state(Path(root))
 
 
 @st.cache_data(show_spinner=False)

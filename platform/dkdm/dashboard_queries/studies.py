@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from dkdm.dashboard_data import local_store_path
+from dkdm.dashboard_queries.runs import local_store_path
+
+if TYPE_CHECKING:
+    from optuna import Study
+    from optuna.storages import BaseStorage
+    from optuna.trial import FrozenTrial
 
 # Where `dkdm tune` may keep its embedded storage when no URL is configured (checked in this order).
 DEFAULT_STORAGE_FILES = ("optuna.db", "optuna.sqlite3", "optuna.journal", "optuna_journal.log",
@@ -45,7 +50,7 @@ def storage_exists(storage: str | None) -> bool:
     return True if path is None else path.is_file()
 
 
-def open_storage(storage: str | None) -> Any:
+def open_storage(storage: str | None) -> BaseStorage:
     """A URL (sqlite/postgresql) is handed to Optuna as is; a plain path is a JournalStorage log file."""
     if not storage_exists(storage):
         raise StorageMissingError(f"no Optuna storage at {storage}" if storage else "no Optuna storage configured")
@@ -84,7 +89,7 @@ def study_summaries(storage: str | None) -> pd.DataFrame:
                                        "best value", "best trial"])
 
 
-def _best_trial(study: Any) -> Any:
+def _best_trial(study: Study) -> FrozenTrial | None:
     if len(study.directions) != 1:
         return None
     try:
@@ -120,7 +125,8 @@ def study_details(storage: str | None, name: str) -> dict[str, Any]:
     }
 
 
-def trial_run(runs: pd.DataFrame, study: str, number: int, user_attrs: dict[str, Any] | None = None) -> pd.Series | None:
+def trial_run(runs: pd.DataFrame, study: str, number: int,
+              user_attrs: dict[str, Any] | None = None) -> pd.Series | None:
     """The MLflow run of one trial: the run id the trial recorded (user attr `mlflow_run_id`) if any, else the
     nested run tagged `dkdm.trial=<number>` under the parent run tagged `dkdm.study=<study>`."""
     if runs.empty:
