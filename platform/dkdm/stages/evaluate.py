@@ -113,7 +113,7 @@ def run(ctx: Context, *, run: str | None = None, checkpoint: Path | None = None,
     settings = ctx.settings
     ev = settings.evaluate
     target = _target(ctx, run, checkpoint, teacher)
-    check_evaluation(settings, target["file"], pipeline_file=target["method"] is not None)  # before any write
+    check_evaluation(settings, target.file, pipeline_file=target.method is not None)  # before any write
     space = space_for(settings)
     extractor = make_extractor(settings, ctx.device)
     real_stats = load_reference_stats(require(REAL_STATS_FILE, "dkdm features"), expected_space=extractor.space)
