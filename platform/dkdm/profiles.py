@@ -26,7 +26,8 @@ def available() -> dict[str, Path]:
     """Every profile name and its file (a user profile shadows a packaged one of the same name)."""
     found = {p.stem: p for p in sorted(packaged_dir().glob("*.yaml"))}
     if USER_DIR.is_dir():
-        found.update({p.stem: p for p in sorted(USER_DIR.glob("*.yaml"))})
+        # configs/presets.yaml holds user architectures (dkdm.architectures), not a profile.
+        found.update({p.stem: p for p in sorted(USER_DIR.glob("*.yaml")) if p.name != "presets.yaml"})
     return found
 
 

@@ -49,7 +49,7 @@ class GaussianDiffusion:
 
     @classmethod
     def from_config(cls, config: DiffusionConfig) -> GaussianDiffusion:
-        base_betas = make_betas(config.noise_schedule, config.steps)
+        base_betas = make_betas(config.noise_schedule, config.steps, config.beta_start, config.beta_end)
         kept = space_timesteps(config.steps, config.timestep_respacing)
         # Even an unspaced process goes through respacing (betas re-derived from alphas_cumprod), as in the
         # reference; this moves betas by ~1e-13 relative and makes every table bit-identical to it.

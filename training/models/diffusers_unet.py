@@ -1,0 +1,72 @@
+"""A diffusers `UNet2DModel` as a dkdm network (family `diffusers-unet2d`): `model(x, t)` returns eps (+ v).
+
+diffusers is an optional extra: everything here imports it lazily and, when it is missing, says in one line
+what to install. The wrapper only adapts the call: our diffusion already hands the network integer timesteps
+of the original T-step process, which is exactly what a `UNet2DModel` trained with `DDPMScheduler` expects.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from .nn import batch_timesteps
+
+INSTALL_HINT = "pip install 'dkdm[diffusers]' (or: pip install diffusers)"
+# Keys diffusers writes into config.json for its own bookkeeping; they are not constructor arguments.
+BOOKKEEPING_PREFIX = "_"
+
+
+def require_diffusers() -> Any:
+    """The diffusers module, or a one-line ValueError saying what to install."""
+    try:
+        import diffusers
+    except ImportError:
+        raise ValueError(f"diffusers is not installed; the diffusers-unet2d family needs it: {INSTALL_HINT}") from None
+    return diffusers
+
+
+def _unet_class() -> Any:
+    return require_diffusers().UNet2DModel
+
+
+def unet_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
+    """UNet2DModel constructor arguments of a `{family: diffusers-unet2d, ...}` mapping."""
+    return {k: v for k, v in config.items() if k != "family" and not k.startswith(BOOKKEEPING_PREFIX)}
+
+
+def check_unet2d_config(config: Mapping[str, Any]) -> None:
+    """Refuse keys UNet2DModel does not take, non-square sizes and class conditioning, in one line each."""
+    cls = _unet_class()
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    kwargs = unet_kwargs(config)
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise ValueError(f"{unknown[0]}: not a UNet2DModel argument (diffusers {require_diffusers().__version__})")
+    if kwargs.get("class_embed_type") or kwargs.get("num_class_embeds"):
+        raise ValueError("class_embed_type: class-conditional UNet2DModel is not supported (DKDM is unconditional)")
+    if kwargs.get("time_embedding_type", "positional") != "positional":
+        raise ValueError("time_embedding_type: only 'positional' (integer DDPM timesteps) is supported")
+    try:
+        with torch.device("meta"):
+            cls(**kwargs)
+    except (TypeError, ValueError, AssertionError) as err:
+        raise ValueError(f"UNet2DModel refuses this config: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+
+
+class DiffusersUNet(nn.Module):
+    """`UNet2DModel` behind our call convention; the state dict keys are the diffusers keys under `unet.`."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.unet = _unet_class()(**unet_kwargs(config))
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> DiffusersUNet:
+        return cls(config)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, batch_timesteps(t, x), return_dict=False)[0]
