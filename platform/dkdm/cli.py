@@ -272,8 +272,12 @@ def profile_show(profile: Annotated[Optional[str], typer.Argument(help="name or 
     """Print every resolved setting of a profile (after .env and DKDM_* environment overrides)."""
     import yaml
 
+    from dkdm.architectures import describe, profile_architectures
+
     ctx = context(profile)
     typer.echo(yaml.safe_dump(ctx.settings.for_log(), sort_keys=False).rstrip())
+    for role, name in profile_architectures(ctx.settings):  # as YAML comments: the output stays a valid profile
+        typer.echo(f"# {role} = {describe(name)}")
 
 
 @profile_app.command("use")
@@ -285,6 +289,12 @@ def profile_use(name: Annotated[str, typer.Argument(help="profile to activate (s
 
     path = profiles.use(name)
     summary(f"active profile: {name} ({path}); run `dvc repro` (or `dvc status` to see what changes)")
+
+
+def _register_byo_commands() -> None:
+    from dkdm.byo_cli import register
+
+    register(app)  # presets, inspect-teacher, export (your own architectures and diffusers models)
 
 
 # Commands contributed by optional modules: each brings its own typer app and is offered only where installed.
@@ -308,6 +318,7 @@ def _register_optional_commands() -> None:
 
 
 _register_optional_commands()
+_register_byo_commands()
 
 
 def main() -> None:

@@ -321,6 +321,8 @@ def create_diffusion(
     predict_xstart: bool = False,
     rescale_learned_sigmas: bool = False,
     sigma_small: bool = False,
+    beta_start: float | None = None,
+    beta_end: float | None = None,
 ) -> GaussianDiffusion:
     """Build a (possibly respaced) Gaussian diffusion; arguments follow the guided-diffusion vocabulary."""
     config = DiffusionConfig(
@@ -331,5 +333,7 @@ def create_diffusion(
         predict_xstart=predict_xstart,
         rescale_learned_sigmas=rescale_learned_sigmas,
         timestep_respacing="" if timestep_respacing is None else str(timestep_respacing),
+        beta_start=beta_start,
+        beta_end=beta_end,
     )
     return GaussianDiffusion.from_config(config)

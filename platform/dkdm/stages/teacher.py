@@ -65,6 +65,13 @@ def import_(ctx: Context, *, checkpoint: Path | None = None, preset: str | None 
     out = out or TEACHER_FILE
     if checkpoint is None:
         raise DkdmError("teacher.checkpoint: give the .pt to import (argument or teacher.checkpoint)")
+    from training.models.diffusers_io import is_diffusers_path
+
+    if is_diffusers_path(checkpoint):
+        from dkdm.diffusers_glue import import_diffusers
+
+        import_diffusers(ctx, Path(checkpoint), out)
+        return
     if not Path(checkpoint).is_file():
         raise DkdmError(f"teacher.checkpoint: file {str(checkpoint)!r} does not exist")
     from dkdm.compat import check_preset
