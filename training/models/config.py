@@ -197,7 +197,9 @@ class DiffusersUNetConfig(ModelConfig):
                              f"twice it (eps + learned-range variance)")
         from .diffusers_unet import check_unet2d_config
 
-        check_unet2d_config(self.to_dict())
+        for key, value in check_unet2d_config(self.to_dict()).items():
+            if key not in type(self).model_fields:  # defaults made explicit: equal configs, equal networks
+                self.__pydantic_extra__[key] = value
         return self
 
     @property

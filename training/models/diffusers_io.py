@@ -115,6 +115,7 @@ def diffusion_to_scheduler(diffusion: Mapping[str, Any]) -> dict[str, Any]:
 
 def read_diffusers_teacher(path: str | os.PathLike[str]) -> DiffusersTeacher:
     """Read a diffusers UNet2DModel + scheduler into our terms, checking it matches and loads strictly."""
+    require_diffusers()  # the missing extra is the first thing to fix, before anything about the folder
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: not found")
@@ -144,7 +145,6 @@ def read_diffusers_teacher(path: str | os.PathLike[str]) -> DiffusersTeacher:
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{weights}: not a readable safetensors file ({err})") from None
     state = {f"unet.{k}": v.float() if v.is_floating_point() else v for k, v in tensors.items()}
-    require_diffusers()
     try:
         build_from_state_dict(unet_config, state, what=f"{weights.name} (UNet2DModel)")
     except ValueError as err:

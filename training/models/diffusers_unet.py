@@ -7,6 +7,7 @@ of the original T-step process, which is exactly what a `UNet2DModel` trained wi
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,10 +39,12 @@ def unet_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k != "family" and not k.startswith(BOOKKEEPING_PREFIX)}
 
 
-def check_unet2d_config(config: Mapping[str, Any]) -> None:
-    """Refuse keys UNet2DModel does not take, non-square sizes and class conditioning, in one line each."""
+def check_unet2d_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Every UNet2DModel argument of `config` (defaults filled in, JSON values), after refusing unknown keys and
+    class conditioning in one line each: two configs build the same network exactly when these agree."""
     cls = _unet_class()
-    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    params = inspect.signature(cls.__init__).parameters
+    allowed = set(params) - {"self"}
     kwargs = unet_kwargs(config)
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
@@ -55,6 +58,8 @@ def check_unet2d_config(config: Mapping[str, Any]) -> None:
             cls(**kwargs)
     except (TypeError, ValueError, AssertionError) as err:
         raise ValueError(f"UNet2DModel refuses this config: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    full = {name: params[name].default for name in allowed if params[name].default is not inspect.Parameter.empty}
+    return json.loads(json.dumps({**full, **kwargs}, default=list))
 
 
 class DiffusersUNet(nn.Module):
