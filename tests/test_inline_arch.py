@@ -116,3 +116,31 @@ def test_without_diffusers_one_line_says_what_to_install(tmp_path, monkeypatch):
     path = _write(tmp_path, teacher={"preset": {"family": "diffusers-unet2d", "sample_size": 16}})
     result = CliRunner().invoke(app, ["profile", "show", str(path)])
     assert result.exit_code == 2 and "pip install 'dkdm[diffusers]'" in result.output
+
+
+def test_a_foreign_adm_pt_of_an_unlisted_size_imports_with_an_inline_preset(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    net = create_model(TEACHER)
+    torch.save({"ema": net.state_dict()}, tmp_path / "adm16.pt")
+    path = _write(tmp_path, teacher={"source": "import", "checkpoint": "adm16.pt"})
+    result = CliRunner().invoke(app, ["import-teacher", "--profile", str(path)])
+    assert result.exit_code == 0, result.output
+    model, meta = load_checkpoint(tmp_path / "outputs" / "teacher" / "teacher.safetensors")
+    assert meta.model_config.to_dict() == create_model(TEACHER).config.to_dict()
+    assert meta.provenance["preset"].startswith("inline-adm-unet-")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), net.state_dict().values()))
+
+
+def test_the_tuning_space_takes_an_inline_student(tmp_path, monkeypatch):
+    from dkdm.tuning_config import TuneSettings
+    from dkdm.tuning_space import SearchSpace, student_config
+
+    monkeypatch.chdir(tmp_path)
+    student = load_settings(_write(tmp_path)).distill.student_for("own")
+    space = SearchSpace.build(TuneSettings(), student=student, default_method="dynamic", num_timesteps=1000)
+    assert space.width_key == "hidden_size" and 32 in space.widths
+    wider = student_config(student, max(space.widths))
+    assert wider["depth"] == 1 and wider["hidden_size"] == max(space.widths)

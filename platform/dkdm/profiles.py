@@ -78,8 +78,11 @@ def use(name: str) -> Path:
     """
     from dkdm.settings import load_settings
 
+    from dkdm.profile_complete import completed
+
     source = resolve(name)
     load_settings(source)
     if source.resolve() != ACTIVE_FILE.resolve():
-        atomic_write_text(ACTIVE_FILE, source.read_text())
+        text = source.read_text()
+        atomic_write_text(ACTIVE_FILE, completed(text) or text)
     return ACTIVE_FILE
