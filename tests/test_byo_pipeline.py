@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from diffusers_helpers import diffusers, tiny_pipeline  # noqa: E402
 from pipeline_helpers import REPO, active_env, copy_tree, run  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def readme_block() -> str:

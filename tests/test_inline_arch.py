@@ -68,6 +68,7 @@ def test_a_checkpoint_of_an_inline_student_rebuilds_itself(tmp_path, monkeypatch
     ({"distill": {"runs": {"r": {"method": "dynamic", "source": "outputs/pool", "student": {**STUDENT, "learn_sigma": False}}}}},
      "has learn_sigma=True but student 'inline-dit-"),
     ({"presets": {"ci-teacher": TEACHER}}, "presets.ci-teacher: 'ci-teacher' is a built-in preset"),
+    ({"teacher": {"preset": {**TEACHER, "learn_sigma": False}}}, "has learn_sigma=False but diffusion.learn_sigma is True"),
     ({"distill": {"student": "tiny-ditt"}}, "distill.student: unknown name 'tiny-ditt'"),
 ])
 def test_bad_architectures_are_one_line_errors(tmp_path, monkeypatch, sections, message):

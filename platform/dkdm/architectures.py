@@ -92,6 +92,19 @@ def resolve_settings(settings: Any) -> None:
         "student": resolve("distill.student", settings.distill.student, presets), "runs": runs})
     for name, value in (("presets", presets), ("teacher", teacher), ("distill", distill)):
         object.__setattr__(settings, name, value)  # the settings are frozen; this runs inside their validator
+    if settings.space == "pixel":
+        _check_variance(settings)
+
+
+def _check_variance(settings: Any) -> None:
+    """The teacher's output channels must be what the profile's diffusion reads (eps, or eps + variance)."""
+    from training.models import get_preset
+    from training.models.arch import learns_sigma
+
+    teacher = settings.teacher.preset
+    if learns_sigma(get_preset(teacher)) != settings.diffusion.learn_sigma:
+        raise ValueError(f"teacher.preset: {str(teacher)!r} has learn_sigma={learns_sigma(get_preset(teacher))} but "
+                         f"diffusion.learn_sigma is {settings.diffusion.learn_sigma}; they must agree")
 
 
 def describe(name: str) -> str:

@@ -287,8 +287,13 @@ def profile_use(name: Annotated[str, typer.Argument(help="profile to activate (s
     from dkdm import profiles
     from dkdm.console import summary
 
+    from dkdm.architectures import describe, profile_architectures
+    from dkdm.settings import load_settings
+
     path = profiles.use(name)
     summary(f"active profile: {name} ({path}); run `dvc repro` (or `dvc status` to see what changes)")
+    for role, arch in profile_architectures(load_settings(path)):
+        typer.echo(f"  {role} = {describe(arch)}")
 
 
 def _register_byo_commands() -> None:

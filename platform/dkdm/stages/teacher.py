@@ -13,6 +13,7 @@ from dkdm.stages.common import (
     load_real_images,
     nhwc_to_model,
     require,
+    write_csv,
 )
 from dkdm.stages.training import train_network
 from dkdm.tracking import start_run
@@ -25,6 +26,8 @@ def run(ctx: Context) -> None:
         return latent_teacher(ctx)
     if ctx.settings.teacher.source == "import":
         import_(ctx)
+        # An imported teacher has no training curve, but dvc.yaml declares the plot file: it exists, empty.
+        write_csv(CURVES_DIR / "teacher.csv", ("step", "loss"), [])
     else:
         train(ctx)
 
