@@ -140,12 +140,14 @@ def train_teacher_cmd(
 @app.command("import-teacher")
 @handles_errors
 def import_teacher_cmd(
-    checkpoint: Annotated[Optional[Path], typer.Argument(help="foreign ADM / DDPM-IP .pt (default: teacher.checkpoint)")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Argument(help="foreign ADM / DDPM-IP .pt, or a diffusers folder "
+                                                         "(default: teacher.checkpoint)")] = None,
     preset: Annotated[Optional[str], typer.Option(help="architecture preset (default: teacher.preset)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="output .safetensors (default: the pipeline's teacher)")] = None,
     profile: ProfileOpt = None,
 ) -> None:
-    """Convert a foreign .pt state dict (loaded with weights_only=True) plus a preset into dkdm's safetensors format."""
+    """Convert a foreign .pt state dict (loaded with weights_only=True) plus a preset, or a diffusers UNet2DModel
+    folder with its scheduler config, into dkdm's safetensors format."""
     ctx = context(profile)
     _stage("teacher").import_(ctx, checkpoint=checkpoint, preset=preset, out=out)
 

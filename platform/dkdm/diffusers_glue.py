@@ -62,6 +62,8 @@ def import_diffusers(ctx: Context, path: Path, out: Path) -> Path:
     from training.models import build_from_state_dict, save_checkpoint
     from training.models.diffusers_io import read_diffusers_teacher, teacher_provenance
 
+    if out.suffix != ".safetensors":
+        raise DkdmError(f"--out: {out} must end in .safetensors (a .json sidecar is written beside it)")
     teacher = read_diffusers_teacher(path)
     _check_against_profile(ctx, teacher, path)
     model = build_from_state_dict(teacher.model_config, teacher.state_dict)
