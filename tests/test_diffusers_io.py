@@ -58,6 +58,13 @@ def test_one_ancestral_step_equals_ddpm_scheduler_step(tmp_path, variance_type, 
     assert torch.allclose(ours, step.prev_sample, atol=ATOL), (ours - step.prev_sample).abs().max()
 
 
+def test_a_diffusers_teacher_tells_samplers_its_image_shape(tmp_path):
+    from training.eval.sampling import infer_image_shape
+
+    model, _, _ = _ours(tiny_pipeline(tmp_path / "pipe", sample_size=16))
+    assert infer_image_shape(model) == (3, 16)
+
+
 def test_scheduler_maps_to_our_process(tmp_path):
     folder = tiny_pipeline(tmp_path / "pipe", variance_type="fixed_large", steps=200)
     _, diffusion, teacher = _ours(folder)

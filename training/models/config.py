@@ -210,6 +210,10 @@ class DiffusersUNetConfig(ModelConfig):
     def image_shape(self) -> tuple[int, int]:
         return self.in_channels, self.sample_size
 
+    @property
+    def image_size(self) -> int:
+        return self.sample_size
+
     def to_dict(self) -> dict[str, Any]:
         # None is meaningful in a diffusers config (e.g. attention_head_dim), so it is kept.
         return self.model_dump(mode="json")

@@ -67,7 +67,11 @@ class DiffusersUNet(nn.Module):
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         super().__init__()
-        self.unet = _unet_class()(**unet_kwargs(config))
+        from .config import parse_model_config
+
+        # The parsed config, as ADM UNet and DiT carry theirs (samplers read in_channels / image_size from it).
+        self.config = parse_model_config({**config, "family": "diffusers-unet2d"})
+        self.unet = _unet_class()(**unet_kwargs(self.config.to_dict()))
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> DiffusersUNet:
