@@ -12,7 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from dkdm.command import context, handles_errors
+from dkdm.byo_cli import register as register_byo_commands
+from dkdm.command import ProfileOpt, context, handles_errors
 from dkdm.reproduce.commands import app as reproduce_app
 from dkdm.tuning.commands import app as tune_app
 
@@ -30,12 +31,8 @@ profile_app = typer.Typer(help="List, show and switch profiles (the active one i
 app.add_typer(profile_app, name="profile")
 app.add_typer(tune_app, name="tune", help="Optuna studies over the settings (see the README)")
 app.add_typer(reproduce_app, name="reproduce", help="The paper's claims over methods x seeds x rho, with verdicts")
+register_byo_commands(app)  # presets, inspect-teacher, export (your own architectures and diffusers models)
 
-ProfileOpt = Annotated[
-    Optional[str],
-    typer.Option("--profile", "-p", help="profile name (see `dkdm profile list`) or a YAML file; "
-                 "default: params.yaml, the active profile"),
-]
 RunOpt = Annotated[str, typer.Option("--run", "-r", help="run name from distill.runs (e.g. dynamic, data_free)")]
 
 
@@ -85,14 +82,14 @@ def train_teacher_cmd(
 @app.command("import-teacher")
 @handles_errors
 def import_teacher_cmd(
-    checkpoint: Annotated[
-        Optional[Path], typer.Argument(help="foreign ADM / DDPM-IP .pt (default: teacher.checkpoint)")
-    ] = None,
+    checkpoint: Annotated[Optional[Path], typer.Argument(help="foreign ADM / DDPM-IP .pt, or a diffusers folder "
+                                                         "(default: teacher.checkpoint)")] = None,
     preset: Annotated[Optional[str], typer.Option(help="architecture preset (default: teacher.preset)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="output .safetensors (default: the pipeline's teacher)")] = None,
     profile: ProfileOpt = None,
 ) -> None:
-    """Convert a foreign .pt state dict (loaded with weights_only=True) plus a preset into dkdm's safetensors format."""
+    """Convert a foreign .pt state dict (loaded with weights_only=True) plus a preset, or a diffusers UNet2DModel
+    folder with its scheduler config, into dkdm's safetensors format."""
     from dkdm.stages import teacher
 
     ctx = context(profile)
@@ -243,9 +240,13 @@ def profile_show(
     """Print every resolved setting of a profile (after .env and DKDM_* environment overrides)."""
     import yaml
 
+    from dkdm.architectures import describe, profile_architectures
+
     ctx = context(profile)
     # A non-ASCII or long value is printed as written: no \x escapes, no folding at 80 columns.
     typer.echo(yaml.safe_dump(ctx.settings.for_log(), sort_keys=False, allow_unicode=True, width=2**16).rstrip())
+    for role, name in profile_architectures(ctx.settings):  # as YAML comments: the output stays a valid profile
+        typer.echo(f"# {role} = {describe(name)}")
 
 
 @profile_app.command("use")
@@ -255,5 +256,10 @@ def profile_use(name: Annotated[str, typer.Argument(help="profile to activate (s
     from dkdm import profiles
     from dkdm.console import summary  # deferred: console imports the settings, and they import torch
 
+    from dkdm.architectures import describe, profile_architectures
+    from dkdm.settings import load_settings
+
     path = profiles.use(name)
     summary(f"active profile: {name} ({path}); run `dvc repro` (or `dvc status` to see what changes)")
+    for role, arch in profile_architectures(load_settings(path)):
+        typer.echo(f"  {role} = {describe(arch)}")

@@ -9,11 +9,17 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
 
 from dkdm.errors import EXIT_USAGE, DkdmError
+
+ProfileOpt = Annotated[
+    Optional[str],  # noqa: UP045 - typer reads the annotation at run time on Python 3.10 too
+    typer.Option("--profile", "-p", help="profile name (see `dkdm profile list`) or a YAML file; "
+                 "default: params.yaml, the active profile"),
+]
 
 if TYPE_CHECKING:
     from dkdm.console import Context

@@ -22,9 +22,10 @@ def check_preset(field: str, name: str) -> None:
 
 def preset_shape(name: str) -> tuple[int, int]:
     """(channels, image_size) a preset's network works on."""
-    config = _info(name).config
-    size = config.get("image_size") or config.get("input_size")
-    return int(config.get("in_channels", 3)), int(size)
+    from training.models.arch import image_shape
+
+    info = _info(name)
+    return image_shape({"family": info.family, **info.config})
 
 
 def check_pair(teacher: str, student: str, *, field: str) -> None:
@@ -35,8 +36,9 @@ def check_pair(teacher: str, student: str, *, field: str) -> None:
             f"{field}: student {student!r} works on {s_shape[0]}x{s_shape[1]}x{s_shape[1]} images, teacher "
             f"{teacher!r} on {t_shape[0]}x{t_shape[1]}x{t_shape[1]}; they cannot be paired"
         )
-    t_sigma = bool(_info(teacher).config.get("learn_sigma", False))
-    s_sigma = bool(_info(student).config.get("learn_sigma", False))
+    from training.models.arch import learns_sigma
+
+    t_sigma, s_sigma = (learns_sigma({"family": _info(n).family, **_info(n).config}) for n in (teacher, student))
     if t_sigma != s_sigma:
         raise ValueError(
             f"{field}: teacher {teacher!r} has learn_sigma={t_sigma} but student {student!r} has learn_sigma={s_sigma}"

@@ -26,7 +26,8 @@ def available() -> dict[str, Path]:
     """Every profile name and its file (a user profile shadows a packaged one of the same name)."""
     found = {p.stem: p for p in sorted(packaged_dir().glob("*.yaml"))}
     if USER_DIR.is_dir():
-        found.update({p.stem: p for p in sorted(USER_DIR.glob("*.yaml"))})
+        # configs/presets.yaml holds user architectures (dkdm.architectures), not a profile.
+        found.update({p.stem: p for p in sorted(USER_DIR.glob("*.yaml")) if p.name != "presets.yaml"})
     return found
 
 
@@ -77,8 +78,11 @@ def use(name: str) -> Path:
     """
     from dkdm.settings import load_settings
 
+    from dkdm.profile_complete import completed
+
     source = resolve(name)
     load_settings(source)
     if source.resolve() != ACTIVE_FILE.resolve():
-        atomic_write_text(ACTIVE_FILE, source.read_text())
+        text = source.read_text()
+        atomic_write_text(ACTIVE_FILE, completed(text) or text)
     return ACTIVE_FILE

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
+from dkdm.architectures import ArchSpec
 from dkdm.errors import DkdmError, one_line
 from dkdm.settings_latent import LatentSettings
 from dkdm.tuning.config import TuneSettings
@@ -73,7 +74,7 @@ class DataSettings(Section):
 
 class TeacherSettings(Section):
     source: Literal["train", "import"] = Field("train", description="train in the pipeline, or import a .pt")
-    preset: str = "digits-teacher"
+    preset: ArchSpec = Field("digits-teacher", description="preset name or inline {family: ..., <config keys>}")
     checkpoint: Path | None = Field(None, description="foreign ADM / DDPM-IP .pt (source: import)")
     latent: LatentSettings | None = Field(None, description="latent profiles: the LDM process and first stage")
     train: TrainConfig = TrainConfig()
@@ -111,7 +112,7 @@ class RunSpec(Section):
 
     method: Method
     source: str
-    student: str | None = Field(None, description="preset; None = distill.student")
+    student: ArchSpec | None = Field(None, description="preset or inline architecture; None = distill.student")
     discard_prob: float = Field(0.0, ge=0, lt=1)
     data_fraction: float | None = Field(None, gt=0, lt=1)
 
@@ -124,7 +125,7 @@ class RunSpec(Section):
 
 
 class DistillSettings(Section):
-    student: str = "digits-student"
+    student: ArchSpec = Field("digits-student", description="preset name or inline {family: ..., <config keys>}")
     rho: float = Field(0.4, gt=0, description="dynamic pool size = round(rho*T) * batch_size")
     teacher_batch_size: int = Field(256, gt=0)
     pool_dtype: PoolDType = "float32"
@@ -215,6 +216,7 @@ class Settings(BaseSettings):
     scale: Literal["cpu", "paper"] = "cpu"
     space: Literal["pixel", "latent"] = Field("pixel", description="latent: diffusion on a first stage's latents")
     seed: int = Field(0, ge=0)
+    presets: dict[str, dict[str, Any]] = Field(default_factory=dict, description="your named architectures")
     runtime: RuntimeSettings = RuntimeSettings()
     data: DataSettings = DataSettings()
     diffusion: DiffusionConfig = DiffusionConfig()
@@ -243,8 +245,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        from dkdm.architectures import resolve_settings
         from dkdm.compat import check_pair, check_preset, preset_shape
 
+        resolve_settings(self)  # user presets and inline mappings become names that carry their config
         check_preset("teacher.preset", self.teacher.preset)
         check_preset("distill.student", self.distill.student)
         shape = preset_shape(self.teacher.preset)

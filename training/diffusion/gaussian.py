@@ -49,7 +49,7 @@ class GaussianDiffusion:
 
     @classmethod
     def from_config(cls, config: DiffusionConfig) -> GaussianDiffusion:
-        base_betas = make_betas(config.noise_schedule, config.steps)
+        base_betas = make_betas(config.noise_schedule, config.steps, config.beta_start, config.beta_end)
         kept = space_timesteps(config.steps, config.timestep_respacing)
         # Even an unspaced process goes through respacing (betas re-derived from alphas_cumprod), as in the
         # reference; this moves betas by ~1e-13 relative and makes every table bit-identical to it.
@@ -321,6 +321,8 @@ def create_diffusion(
     predict_xstart: bool = False,
     rescale_learned_sigmas: bool = False,
     sigma_small: bool = False,
+    beta_start: float | None = None,
+    beta_end: float | None = None,
 ) -> GaussianDiffusion:
     """Build a (possibly respaced) Gaussian diffusion; arguments follow the guided-diffusion vocabulary."""
     config = DiffusionConfig(
@@ -331,5 +333,7 @@ def create_diffusion(
         predict_xstart=predict_xstart,
         rescale_learned_sigmas=rescale_learned_sigmas,
         timestep_respacing="" if timestep_respacing is None else str(timestep_respacing),
+        beta_start=beta_start,
+        beta_end=beta_end,
     )
     return GaussianDiffusion.from_config(config)

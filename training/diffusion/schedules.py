@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-NOISE_SCHEDULES = ("linear", "cosine")
+NOISE_SCHEDULES = ("linear", "cosine", "scaled_linear")
 
 # Improved DDPM caps every beta so the last steps of the cosine schedule do not become singular.
 MAX_BETA = 0.999
@@ -20,14 +20,23 @@ def _cosine_alpha_bar(s: np.ndarray | float) -> np.ndarray | float:
     return np.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
 
 
-def make_betas(noise_schedule: str, num_timesteps: int) -> np.ndarray:
-    """Betas (float64, shape (T,)) of the named schedule."""
+def make_betas(noise_schedule: str, num_timesteps: int, beta_start: float | None = None,
+               beta_end: float | None = None) -> np.ndarray:
+    """Betas (float64, shape (T,)) of the named schedule.
+
+    `beta_start`/`beta_end` (both or neither) fix the endpoints of the linear schedules as given, the way a
+    diffusers scheduler config states them; without them the linear endpoints scale with T.
+    """
     if num_timesteps < 1:
         raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
-    if noise_schedule == "linear":
-        # The endpoints are scaled with T so that any T gives roughly the same total noise as T=1000.
-        scale = 1000 / num_timesteps
-        return np.linspace(scale * 0.0001, scale * 0.02, num_timesteps, dtype=np.float64)
+    if noise_schedule in ("linear", "scaled_linear"):
+        if beta_start is None:
+            # The endpoints are scaled with T so that any T gives roughly the same total noise as T=1000.
+            scale = 1000 / num_timesteps
+            beta_start, beta_end = scale * 0.0001, scale * 0.02
+        if noise_schedule == "scaled_linear":  # linear in sqrt(beta) (latent diffusion's schedule)
+            return np.linspace(beta_start ** 0.5, beta_end ** 0.5, num_timesteps, dtype=np.float64) ** 2
+        return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
     if noise_schedule == "cosine":
         steps = np.arange(num_timesteps, dtype=np.float64)
         ratio = _cosine_alpha_bar((steps + 1) / num_timesteps) / _cosine_alpha_bar(steps / num_timesteps)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_serializer, field_validator, model_validator
 
-FAMILIES = ("adm-unet", "dit", "ldm-unet", "vq-f4")
+FAMILIES = ("adm-unet", "dit", "diffusers-unet2d", "ldm-unet", "vq-f4")
 
 # Metadata fields of a reference architecture JSON that sit next to "config" and are not constructor arguments.
 _ARCH_JSON_METADATA = {
@@ -181,6 +181,44 @@ class DiTConfig(ModelConfig):
         return (self.input_size // self.patch_size) ** 2
 
 
+class DiffusersUNetConfig(ModelConfig):
+    """A diffusers `UNet2DModel`: its config.json keys, checked against the installed diffusers (optional extra)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, protected_namespaces=())
+    family: Literal["diffusers-unet2d"] = "diffusers-unet2d"
+    sample_size: int
+    in_channels: int = 3
+    out_channels: int = 3
+
+    @model_validator(mode="after")
+    def _check(self) -> DiffusersUNetConfig:
+        if self.out_channels not in (self.in_channels, 2 * self.in_channels):
+            raise ValueError(f"out_channels: {self.out_channels} must be in_channels ({self.in_channels}, eps) or "
+                             f"twice it (eps + learned-range variance)")
+        from .diffusers_unet import check_unet2d_config
+
+        for key, value in check_unet2d_config(self.to_dict()).items():
+            if key not in type(self).model_fields:  # defaults made explicit: equal configs, equal networks
+                self.__pydantic_extra__[key] = value
+        return self
+
+    @property
+    def learn_sigma(self) -> bool:
+        return self.out_channels == 2 * self.in_channels
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return self.in_channels, self.sample_size
+
+    @property
+    def image_size(self) -> int:
+        return self.sample_size
+
+    def to_dict(self) -> dict[str, Any]:
+        # None is meaningful in a diffusers config (e.g. attention_head_dim), so it is kept.
+        return self.model_dump(mode="json")
+
+
 class ExternalModelConfig(ModelConfig):
     """Latent-space families: validated by their own modules (training.models.ldm_unet / .vq), kept verbatim here."""
 
@@ -192,7 +230,7 @@ class ExternalModelConfig(ModelConfig):
 
 
 _BY_FAMILY: dict[str, type[ModelConfig]] = {
-    "adm-unet": ADMUNetConfig, "dit": DiTConfig, "ldm-unet": ExternalModelConfig, "vq-f4": ExternalModelConfig,
+    "adm-unet": ADMUNetConfig, "dit": DiTConfig, "diffusers-unet2d": DiffusersUNetConfig, "ldm-unet": ExternalModelConfig, "vq-f4": ExternalModelConfig,
 }
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from .adm_unet import ADMUNet
-from .config import ADMUNetConfig, DiTConfig, ModelConfig, parse_model_config
+from .config import ADMUNetConfig, DiffusersUNetConfig, DiTConfig, ModelConfig, parse_model_config
 from .dit import DiT
 
 # Latent families live in modules owned elsewhere; importing them lazily keeps the pixel-space path independent.
@@ -26,6 +26,10 @@ def create_model(config: ModelConfig | Mapping[str, Any]) -> nn.Module:
         return ADMUNet(cfg)
     if isinstance(cfg, DiTConfig):
         return DiT(cfg)
+    if isinstance(cfg, DiffusersUNetConfig):
+        from .diffusers_unet import DiffusersUNet
+
+        return DiffusersUNet(cfg.to_dict())
     module_name, class_name = _LATENT_BUILDERS[cfg.family]
     try:
         builder = getattr(importlib.import_module(module_name), class_name)

@@ -158,7 +158,16 @@ def list_presets(include_aliases: bool = False) -> list[str]:
 
 
 def get_preset_info(name: str) -> Preset:
-    """The Preset record (config, paper label, expected parameter counts, aliases) for a name or alias."""
+    """The Preset record (config, paper label, expected parameter counts, aliases) for a name or alias.
+
+    An ArchRef (a user or inline architecture) describes itself; its counts are measured on the meta device.
+    """
+    from .arch import ArchRef, count_config_parameters
+
+    if isinstance(name, ArchRef):
+        config = {k: v for k, v in name.config.items() if k != "family"}
+        count = count_config_parameters(name.config)
+        return Preset(str(name), name.config["family"], config, None, count, count, f"{name.origin} architecture")
     try:
         return _BY_NAME[name]
     except KeyError:

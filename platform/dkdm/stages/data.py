@@ -15,9 +15,12 @@ from dkdm.stages.common import DATA_FILE, DATA_INFO, write_json
 
 def preflight(settings: Settings) -> None:
     """Files the whole pipeline needs, checked up front (one line each, nothing written)."""
-    if settings.teacher.source == "import" and not settings.teacher.checkpoint.is_file():
-        raise DkdmError(f"teacher.checkpoint: file {str(settings.teacher.checkpoint)!r} does not exist (put the "
-                        "teacher .pt there or change teacher.checkpoint)")
+    from training.models.diffusers_io import is_diffusers_path
+
+    checkpoint = settings.teacher.checkpoint
+    if settings.teacher.source == "import" and not (checkpoint.is_file() or is_diffusers_path(checkpoint)):
+        raise DkdmError(f"teacher.checkpoint: file {str(checkpoint)!r} does not exist (put the teacher .pt or "
+                        "diffusers folder there or change teacher.checkpoint)")
     if settings.features.kind == "inception":
         from training.eval.inception import resolve_weights_path
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from dkdm.console import Context, summary
 from dkdm.errors import DkdmError
 from dkdm.spaces import space_for
-from dkdm.stages.common import CURVES_DIR, TEACHER_FILE, load_real_images
+from dkdm.stages.common import CURVES_DIR, TEACHER_FILE, load_real_images, write_csv
 from dkdm.stages.training import resume_state_file, train_network
 from dkdm.tracking import start_run
 
@@ -15,6 +15,8 @@ from dkdm.tracking import start_run
 def run(ctx: Context) -> None:
     if ctx.settings.teacher.source == "import":
         import_(ctx)
+        # An imported teacher has no training curve, but dvc.yaml declares the plot file: it exists, empty.
+        write_csv(CURVES_DIR / "teacher.csv", ("step", "loss"), [])
     else:
         train(ctx)
 
@@ -59,6 +61,13 @@ def import_(ctx: Context, *, checkpoint: Path | None = None, preset: str | None 
     out = out or TEACHER_FILE
     if checkpoint is None:
         raise DkdmError("teacher.checkpoint: give the .pt to import (argument or teacher.checkpoint)")
+    from training.models.diffusers_io import is_diffusers_path
+
+    if is_diffusers_path(checkpoint):
+        from dkdm.diffusers_glue import import_diffusers
+
+        import_diffusers(ctx, Path(checkpoint), out)
+        return
     if not Path(checkpoint).is_file():
         raise DkdmError(f"teacher.checkpoint: file {str(checkpoint)!r} does not exist")
     try:
