@@ -114,7 +114,7 @@ build() {
             Dockerfile.cpu) extra=(--build-arg "PYTHON_IMAGE=$base_image" --build-arg TORCH_VARIANT= --build-arg "TORCH_INDEX_URL=$torch_index") ;;
             *) extra=(--build-arg "PYTHON_IMAGE=$base_image" --build-arg "BASE_IMAGE=$base_image") ;;
         esac
-        docker build -q "${common[@]}" "${pip_args[@]}" "${extra[@]}" -f "$here/$dockerfile" -t "$image" "$root" >/dev/null
+        docker build -q --force-rm "${common[@]}" "${pip_args[@]}" "${extra[@]}" -f "$here/$dockerfile" -t "$image" "$root" >/dev/null
         say "built $image in $((SECONDS - start)) s, $(docker image inspect -f '{{.Size}}' "$image") bytes"
     done <<LIST
 dkdm/mlflow:local Dockerfile.mlflow
