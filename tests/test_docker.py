@@ -59,8 +59,24 @@ def _hadolint() -> str:
     return str(found)
 
 
-def test_there_are_the_three_dockerfiles():
-    assert [p.name for p in ds.DOCKERFILES] == ["Dockerfile", "Dockerfile.cpu", "Dockerfile.mlflow"]
+def test_there_are_the_dockerfiles():
+    # The three images of the platform, and the stand-ins CI builds where no registry image can be pulled.
+    assert [p.name for p in ds.DOCKERFILES] == [
+        "Dockerfile", "Dockerfile.cpu", "Dockerfile.mlflow", "Dockerfile.postgres", "Dockerfile.s3",
+    ]
+
+
+@pytest.mark.parametrize("dockerfile", ds.DOCKERFILES, ids=lambda p: p.name)
+def test_base_image_is_a_build_argument_defaulting_to_a_registry_image(dockerfile: Path):
+    instructions = ds.dockerfile_instructions(dockerfile)
+    args = dict(ins.args.split("=", 1) for ins in instructions if ins.keyword == "ARG" and "=" in ins.args)
+    bases = [ins.args.split()[0] for ins in instructions if ins.keyword == "FROM"]
+    first = re.fullmatch(r"\$\{([A-Z_]+)\}", bases[0])
+    assert first, f"{dockerfile.name}: FROM {bases[0]} is not a build argument"
+    assert re.fullmatch(r"[a-z0-9./-]+:[A-Za-z0-9._-]+", args[first.group(1)]), "a tagged registry image by default"
+    # The classic builder (CI) knows neither flag.
+    for ins in instructions:
+        assert not re.search(r"--(chmod|mount)\b", ins.args), f"{dockerfile.name}: {ins.keyword} {ins.args[:60]}"
 
 
 @pytest.mark.parametrize("dockerfile", ds.DOCKERFILES, ids=lambda p: p.name)
@@ -94,9 +110,13 @@ def test_image_runs_as_a_non_root_user_through_the_entrypoint(dockerfile: Path):
     users = [ins.args for ins in stage if ins.keyword == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0"), f"{dockerfile.name}: no non-root USER"
     entrypoint = ds.exec_form(next(ins.args for ins in stage if ins.keyword == "ENTRYPOINT"))
-    assert entrypoint == ["tini", "--", "dkdm-entrypoint"]
+    script, source = ("dkdm-postgres", "docker/postgres/entrypoint.sh") if dockerfile.name.endswith("postgres") \
+        else ("dkdm-entrypoint", "docker/entrypoint.sh")
+    assert entrypoint == ["tini", "--", script]
     copies = ds.copied_files(stage)
-    assert copies.get("/usr/local/bin/dkdm-entrypoint") == "docker/entrypoint.sh"
+    assert copies.get(f"/usr/local/bin/{script}") == source
+    # A plain COPY keeps the file mode: the script must be executable in the checkout.
+    assert (ds.REPO_ROOT / source).stat().st_mode & 0o111 == 0o111
 
 
 @pytest.mark.parametrize("dockerfile", [ds.DOCKER_DIR / "Dockerfile", ds.DOCKER_DIR / "Dockerfile.cpu"],
@@ -126,11 +146,11 @@ def test_dvc_stage_commands_find_their_interpreter_in_the_image(dockerfile: Path
     launcher = str(variables.get("dkdm", "dkdm")).split()[0]
     stage = ds.final_stage(ds.dockerfile_instructions(dockerfile))
     workdir = [ins.args for ins in stage if ins.keyword == "WORKDIR"][-1]
-    if launcher.startswith(".venv/"):
-        # The stages run from the project directory; the image's venv must answer to that path.
-        assert any(ins.keyword == "RUN" and f"ln -s /opt/venv {workdir}/.venv" in ins.args for ins in stage)
-    else:
-        assert launcher in ("dkdm", "python", "python3"), f"dvc.yaml runs {launcher}, unknown to the image"
+    assert launcher in ("dkdm", "python", "python3"), f"dvc.yaml runs {launcher}, unknown to the image"
+    # `dkdm` from PATH: the image's venv comes first on it, and no .venv link pretends to be a checkout's.
+    path = re.search(r"(?:^|\s)PATH=(\S+)", " ".join(ins.args for ins in stage if ins.keyword == "ENV")).group(1)
+    assert path.split(":")[0] == "/opt/venv/bin"
+    assert not any(ins.keyword == "RUN" and f"{workdir}/.venv" in ins.args for ins in stage)
 
 
 def test_gpu_image_pins_a_cuda_torch_build_matching_the_cuda_base():
@@ -141,18 +161,19 @@ def test_gpu_image_pins_a_cuda_torch_build_matching_the_cuda_base():
     pins = dict(re.findall(r"^(torch|torchvision)==(\S+)$", (ds.REPO_ROOT / "constraints/cpu.txt").read_text(), re.M))
     assert f"ARG TORCH_VERSION={pins['torch']}" in text
     assert f"ARG TORCHVISION_VERSION={pins['torchvision']}" in text
-    assert '"torch==${TORCH_VERSION}+${TORCH_CUDA}"' in text
+    # TORCH_CUDA="" (CI, PyPI's plain version) drops the local label; the default keeps +cu130.
+    assert "torch==${TORCH_VERSION}${TORCH_CUDA:++${TORCH_CUDA}}" in text
 
 
 def test_image_extras_are_pinned_and_match_the_project_venv():
     from importlib.metadata import PackageNotFoundError, version
 
-    for name in ("requirements-image.txt", "requirements-mlflow.txt"):
+    for name in ("requirements-image.txt", "requirements-mlflow.txt", "s3/requirements-s3.txt"):
         for line in (ds.DOCKER_DIR / name).read_text().splitlines():
             requirement = line.split("#")[0].strip()
             if not requirement:
                 continue
-            match = re.fullmatch(r"([A-Za-z0-9_.-]+)(\[[a-z,]+\])?==(\S+)", requirement)
+            match = re.fullmatch(r"([A-Za-z0-9_.-]+)(\[[a-z0-9,]+\])?==(\S+)", requirement)
             assert match, f"{name}: {requirement!r} is not pinned with =="
             try:
                 installed = version(match.group(1))

@@ -14,7 +14,8 @@ import pytest
 import docker_support as ds
 
 GENERIC_ENV = {"PATH", "LANG", "HOME", "DEBIAN_FRONTEND", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED",
-               "PIP_DISABLE_PIP_VERSION_CHECK", "PIP_NO_CACHE_DIR"}
+               "PIP_DISABLE_PIP_VERSION_CHECK", "PIP_NO_CACHE_DIR",
+               "SECONDS"}  # SECONDS: bash's clock in docker/ci-build.sh
 
 
 def _table(text: str, header: str) -> list[list[str]]:
