@@ -11,11 +11,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
+from dkdm.yaml_files import load_yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dkdm.errors import DkdmError, one_line
 from dkdm.settings import Settings, load_settings
+from dkdm.yaml_files import load_yaml
 from training.distill.config import DistillConfig, Method
 
 PARAMS_FILE = "params.yaml"
@@ -86,10 +87,7 @@ def read_params(experiment_dir: Path, params_file: str = PARAMS_FILE) -> Experim
     path = experiment_dir / params_file
     if not path.is_file():
         raise DkdmError(f"{path} does not exist; is {experiment_dir} the experiment folder (experiments/reproduce)?")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise DkdmError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    data = load_yaml(path) or {}
     try:
         return ExperimentParams.model_validate(data)
     except ValidationError as err:
