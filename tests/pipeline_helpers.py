@@ -36,13 +36,18 @@ def run(cmd: list[str], cwd: Path, timeout: int) -> subprocess.CompletedProcess:
     return out
 
 
-def repro_profile(repo: Path, profile: str, timeout: int = 840) -> tuple[Path, str, subprocess.CompletedProcess]:
-    """Copy the repo to `repo`, commit it to a fresh git, activate `profile` and `dvc repro`; (repo, dvc, result)."""
+def prepare_copy(repo: Path, profile: str) -> None:
+    """Copy the repo to `repo` as a fresh clone would be (its own git, no outputs), with `profile` active."""
     copy_tree(repo)
     git = ["git", "-c", "user.email=ci@dkdm", "-c", "user.name=ci"]
     run(["git", "init", "-q"], repo, 60)
     run(git + ["add", "-A"], repo, 60)
     run(git + ["commit", "-qm", f"e2e {profile}"], repo, 60)
     run([sys.executable, "-m", "dkdm", "profile", "use", profile], repo, 120)
+
+
+def repro_profile(repo: Path, profile: str, timeout: int = 840) -> tuple[Path, str, subprocess.CompletedProcess]:
+    """prepare_copy(repo, profile), then `dvc repro` there; (repo, dvc, result)."""
+    prepare_copy(repo, profile)
     dvc = str(Path(sys.executable).parent / "dvc")
     return repo, dvc, run([dvc, "repro"], repo, timeout)
