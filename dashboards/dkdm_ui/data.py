@@ -68,6 +68,11 @@ def pipeline(root: str) -> dashboard_pipeline.PipelineState:
     return dashboard_pipeline.pipeline_state(Path(root))
 
 
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def nested_pipelines(root: str) -> list[str]:
+    return dashboard_pipeline.nested_pipelines(Path(root))
+
+
 @st.cache_data(show_spinner=False)
 def paper_tables() -> dict:
     return load_paper_tables()

@@ -105,11 +105,16 @@ def base_profile_file(params: ExperimentParams, experiment_dir: Path) -> Path:
     return profiles.resolve(params.base_profile)
 
 
+def repo_root(start: Path) -> Path | None:
+    """The repository `start` lies in: the git work tree, else the outermost DVC project. The experiment folder is
+    a DVC project of its own (a subrepo, so the root's `dvc status` skips it): the nearest `.dvc/` is not the root."""
+    folders = (start.resolve(), *start.resolve().parents)
+    git = next((folder for folder in folders if (folder / ".git").exists()), None)
+    return git or next((folder for folder in reversed(folders) if (folder / ".dvc").is_dir()), None)
+
+
 def _repo_root(start: Path) -> Path:
-    for folder in (start.resolve(), *start.resolve().parents):
-        if (folder / ".dvc").is_dir() or (folder / ".git").exists():
-            return folder
-    return start.resolve()
+    return repo_root(start) or start.resolve()
 
 
 def _tracking_override(params: ExperimentParams, experiment_dir: Path) -> dict[str, Any]:
