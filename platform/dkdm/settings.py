@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSett
 
 from dkdm.errors import DkdmError, one_line
 from dkdm.settings_latent import LatentSettings
+from dkdm.settings_pipeline import PipelineSettings, check_pipeline
 from dkdm.tuning_config import TuneSettings
 from dkdm.yaml_files import load_mapping
 from training.diffusion.config import DiffusionConfig
@@ -222,6 +223,7 @@ class Settings(BaseSettings):
     evaluate: EvaluateSettings = EvaluateSettings()
     tracking: TrackingSettings = TrackingSettings()
     tune: TuneSettings = TuneSettings()
+    pipeline: PipelineSettings = PipelineSettings()
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -233,6 +235,7 @@ class Settings(BaseSettings):
         from dkdm.settings_latent import check_latent
 
         check_latent(self)  # latent profiles: the teacher works on the first stage's latents, not on the images
+        check_pipeline(self.space, self.pipeline)
         if self.space == "pixel" and shape != (self.data.channels, self.data.image_size):
             raise ValueError(
                 f"teacher.preset: {self.teacher.preset!r} makes {shape[0]}x{shape[1]}x{shape[1]} images but data is "
