@@ -37,9 +37,8 @@ def run(cmd: list[str], cwd: Path, timeout: int) -> subprocess.CompletedProcess:
     return out
 
 
-def repro_profile(repo: Path, profile: str, timeout: int = 840, prepare: Callable[[Path], None] | None = None,
-                  ) -> tuple[Path, str, subprocess.CompletedProcess]:
-    """Copy the repo to `repo`, commit it to a fresh git, activate `profile` and `dvc repro`; (repo, dvc, result).
+def prepare_copy(repo: Path, profile: str, prepare: Callable[[Path], None] | None = None) -> None:
+    """Copy the repo to `repo` as a fresh clone would be (its own git, no outputs), with `profile` active.
     `prepare(repo)` adds what a user would bring (their data, their profile) before the commit."""
     copy_tree(repo)
     if prepare is not None:
@@ -49,5 +48,11 @@ def repro_profile(repo: Path, profile: str, timeout: int = 840, prepare: Callabl
     run(git + ["add", "-A"], repo, 60)
     run(git + ["commit", "-qm", f"e2e {profile}"], repo, 60)
     run([sys.executable, "-m", "dkdm", "profile", "use", profile], repo, 120)
+
+
+def repro_profile(repo: Path, profile: str, timeout: int = 840, prepare: Callable[[Path], None] | None = None,
+                  ) -> tuple[Path, str, subprocess.CompletedProcess]:
+    """prepare_copy(repo, profile, prepare), then `dvc repro` there; (repo, dvc, result)."""
+    prepare_copy(repo, profile, prepare)
     dvc = str(Path(sys.executable).parent / "dvc")
     return repo, dvc, run([dvc, "repro"], repo, timeout)

@@ -182,6 +182,26 @@ def test_pipeline(monkeypatch, store: FixtureStore, dvc_project: Path):
     assert stages.loc["data", "status"] == "changed" and "data.txt (modified)" in stages.loc["data", "changes"]
 
 
+def test_pipeline_shows_a_nested_dvc_project_separately(monkeypatch, store: FixtureStore, tmp_path: Path):
+    # The layout of experiments/reproduce: its own DVC project (`dvc init --subdir`) below the root, which the
+    # root's `dvc status` skips; the page lists its stages apart from the root's, never mixed into them.
+    root = tmp_path / "project"
+    (root / "experiment").mkdir(parents=True)
+    (root / "dvc.yaml").write_text(DVC_YAML, encoding="utf-8")
+    (root / "experiment" / "dvc.yaml").write_text("stages:\n  grid:\n    cmd: echo 1 > g.txt\n    outs: [g.txt]\n",
+                                                  encoding="utf-8")
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    for args, cwd in ((["git", "init", "-q"], root), ([dvc, "init", "-q"], root),
+                      ([dvc, "init", "--subdir", "-q"], root / "experiment"), ([dvc, "repro", "-q", "data"], root)):
+        subprocess.run(args, cwd=cwd, check=True, capture_output=True, timeout=120)
+    at = open_page(app(monkeypatch, store.tracking_uri, store.storage, root), PAGES[3])
+    tables = [f for f in frames(at) if {"stage", "status"} <= set(f.columns)]
+    assert [sorted(t["stage"]) for t in tables] == [["data", "distill@data_free", "distill@dynamic"], ["grid"]]
+    assert tables[1]["status"].tolist() == ["never run"]
+    assert "Other pipeline: `experiment/dvc.yaml`" in texts(at.subheader)
+    assert [m.value for m in at.metric] == ["1", "0", "2", "0", "0", "1"]
+
+
 def test_empty_project_shows_empty_states_and_creates_nothing(monkeypatch, tmp_path: Path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     at = app(monkeypatch, uri, None, tmp_path)

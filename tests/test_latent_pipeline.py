@@ -269,7 +269,7 @@ def test_latent_ci_profile_dvc_repro(latent_pipeline):
     info = json.loads((repo / "outputs/autoencoder/info.json").read_text())
     assert info["latent_shape"] == [3, 4, 4] and info["scale_factor"] > 0
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    assert {"data", "autoencoder", "teacher", "features", "reference", "pool", "report"} | {
+    assert {"data", "first_stage@autoencoder", "teacher", "features", "reference", "pool", "report"} | {
         f"distill@{r}" for r in runs} | {f"evaluate@{r}" for r in runs} <= set(lock)
 
     # The pool holds 4*T*b = 4*20*8 half-precision latents, and its memory is printed by the stage.

@@ -260,6 +260,7 @@ def test_ci_variant_runs_through_dvc_repro(tmp_path):
     target.mkdir(parents=True)
     shutil.copy(EXPERIMENT / "dvc.yaml", target / "dvc.yaml")
     shutil.copy(EXPERIMENT / "params-ci.yaml", target / "params.yaml")
+    shutil.copytree(EXPERIMENT / ".dvc", target / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
     # dvc.yaml calls `dkdm` from PATH (the active venv) and params name ../../platform/dkdm/configs/ci.yaml.
     (root / "platform").symlink_to(REPO / "platform")
     bin_dir = Path(sys.executable).parent
@@ -268,7 +269,7 @@ def test_ci_variant_runs_through_dvc_repro(tmp_path):
     dvc = str(bin_dir / "dvc")
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     subprocess.run([dvc, "init", "-q"], cwd=root, check=True, env=env)
-    done = subprocess.run([dvc, "repro", "experiments/reproduce/dvc.yaml"], cwd=root, env=env,
+    done = subprocess.run([dvc, "--cd", "experiments/reproduce", "repro"], cwd=root, env=env,  # the README's command
                           capture_output=True, text=True, timeout=840)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -300,9 +301,13 @@ def test_ci_variant_runs_through_dvc_repro(tmp_path):
            (target / "outputs" / "run-all.log").read_text().splitlines() if line.startswith("$ ")]
     assert ran == ["dkdm reproduce evaluate-one --variant dynamic --seed 1", "dkdm reproduce report",
                    "dvc commit --force --quiet dvc.yaml"]
-    status = subprocess.run([dvc, "status", "experiments/reproduce/dvc.yaml"], cwd=root, env=env,
+    status = subprocess.run([dvc, "--cd", "experiments/reproduce", "status"], cwd=root, env=env,
                             capture_output=True, text=True, check=True)
     assert "up to date" in status.stdout, status.stdout
+    # The experiment folder is a DVC project of its own: the root's `dvc status` never lists its stages.
+    (target / "outputs" / "report" / "report.md").unlink()
+    root_status = subprocess.run([dvc, "status"], cwd=root, env=env, capture_output=True, text=True, check=True)
+    assert "report" not in root_status.stdout and "changed" not in root_status.stdout, root_status.stdout
 
 
 def test_curve_survives_a_resume(tmp_path, monkeypatch):

@@ -69,6 +69,11 @@ def pipeline(root: str) -> pipeline_queries.PipelineState:
     return pipeline_queries.pipeline_state(Path(root))
 
 
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def nested_pipelines(root: str) -> list[str]:
+    return pipeline_queries.nested_pipelines(Path(root))
+
+
 @st.cache_data(show_spinner=False)
 def paper_tables() -> dict:
     return load_paper_tables()

@@ -9,9 +9,8 @@ import os
 import tempfile
 from pathlib import Path
 
-import yaml
-
 from dkdm.errors import DkdmError
+from dkdm.yaml_files import load_yaml
 
 ACTIVE_FILE = Path("params.yaml")
 USER_DIR = Path("configs")
@@ -50,10 +49,7 @@ def resolve(name: str | None) -> Path:
 
 def profile_name(path: Path) -> str:
     """The `profile:` value written in a profile file (falls back to the file's stem)."""
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise DkdmError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    data = load_yaml(path) or {}
     return str(data.get("profile", path.stem)) if isinstance(data, dict) else path.stem
 
 

@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from dkdm.architectures import ArchSpec
 from dkdm.errors import DkdmError, one_line
 from dkdm.settings_latent import LatentSettings
 from dkdm.tuning.config import TuneSettings
+from dkdm.settings_pipeline import PipelineSettings, check_pipeline
+from dkdm.yaml_files import load_mapping
 from training.diffusion.config import DiffusionConfig
 from training.distill.config import DATASET_METHODS, POOL_METHODS, DistillConfig, Method, PoolDType
 from training.train.config import TrainConfig
@@ -227,6 +229,7 @@ class Settings(BaseSettings):
     evaluate: EvaluateSettings = EvaluateSettings()
     tracking: TrackingSettings = TrackingSettings()
     tune: TuneSettings = TuneSettings()
+    pipeline: PipelineSettings = PipelineSettings()
 
     @model_validator(mode="before")
     @classmethod
@@ -255,6 +258,7 @@ class Settings(BaseSettings):
         from dkdm.settings_latent import check_latent
 
         check_latent(self)  # latent profiles: the teacher works on the first stage's latents, not on the images
+        check_pipeline(self.space, self.pipeline)
         if self.space == "pixel" and shape != (self.data.channels, self.data.image_size):
             raise ValueError(
                 f"teacher.preset: {self.teacher.preset!r} makes {shape[0]}x{shape[1]}x{shape[1]} images but data is "
@@ -294,18 +298,19 @@ def load_settings(profile_file: Path, overrides: dict[str, Any] | None = None) -
     """Parse and validate the profile at `profile_file` (plus env, .env and overrides) once, at the edge."""
     if not profile_file.is_file():
         raise DkdmError(f"profile file {profile_file} does not exist")
+    from_file = load_mapping(profile_file)
 
     class _FromFile(Settings):
         @classmethod
         def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
                                        file_secret_settings):
             return (init_settings, env_settings, dotenv_settings,
-                    YamlConfigSettingsSource(settings_cls, yaml_file=profile_file))
+                    InitSettingsSource(settings_cls, init_kwargs=from_file))
 
     try:
         loaded = _FromFile(**(overrides or {}))
     except ValidationError as err:
         raise DkdmError(one_line(err)) from None
-    except ValueError as err:  # a YAML syntax error or a validator outside pydantic's wrapping
+    except ValueError as err:  # a validator outside pydantic's wrapping
         raise DkdmError(f"{profile_file}: {str(err).splitlines()[0]}") from None
     return Settings.model_construct(**{name: getattr(loaded, name) for name in Settings.model_fields})

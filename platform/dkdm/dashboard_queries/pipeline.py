@@ -1,5 +1,7 @@
 """The DVC pipeline as the dashboard shows it: every stage (foreach/matrix expanded by DVC itself), whether it is
-up to date (`dvc status --json`), and its outputs as recorded in dvc.lock.
+up to date (`dvc status --json`), and its outputs as recorded in dvc.lock. Pipelines that are DVC projects of their
+own below the root (e.g. experiments/reproduce, a `dvc init --subdir` subrepo the root's `dvc status` skips) are
+found by nested_pipelines() and shown separately.
 
 DVC runs as a subprocess with a timeout so a slow or broken repository never hangs the dashboard.
 """
@@ -74,6 +76,23 @@ def _lock_outs(lock: dict) -> pd.DataFrame:
             rows.append({"stage": stage, "path": out.get("path"), "md5": out.get("md5"),
                          "size_bytes": out.get("size"), "files": out.get("nfiles", 1)})
     return pd.DataFrame(rows, columns=OUT_COLUMNS[:-1])
+
+
+# Folders never searched for nested pipelines: tool state, outputs and data can be large.
+_NOT_SEARCHED = {"outputs", "datasets", "teachers", "mlruns", "mlartifacts", "node_modules", "__pycache__"}
+
+
+def nested_pipelines(root: Path, max_depth: int = 3) -> list[str]:
+    """Folders below `root` (relative, sorted) that hold a dvc.yaml in a DVC project of their own (a `.dvc/`)."""
+    root = Path(root)
+    found = []
+    for folder, dirs, _files in os.walk(root):
+        depth = len(Path(folder).relative_to(root).parts)
+        dirs[:] = [] if depth >= max_depth else sorted(
+            d for d in dirs if not d.startswith(".") and d not in _NOT_SEARCHED and not d.endswith(".egg-info"))
+        if depth and (Path(folder) / ".dvc").is_dir() and (Path(folder) / "dvc.yaml").is_file():
+            found.append(Path(folder).relative_to(root).as_posix())
+    return sorted(found)
 
 
 def pipeline_state(root: Path, timeout: float = 60.0) -> PipelineState:

@@ -12,7 +12,7 @@ from dkdm.command import handles_errors
 from dkdm.errors import DkdmError
 
 app = typer.Typer(help="Reproduce the paper's claims: methods x seeds x rho with intervals and verdicts "
-                  "(experiments/reproduce; `dvc repro experiments/reproduce/dvc.yaml` runs all of it).",
+                  "(experiments/reproduce; `dvc --cd experiments/reproduce repro` runs all of it).",
                   no_args_is_help=True, rich_markup_mode=None)
 
 DirOpt = Annotated[Path, typer.Option("--dir", "-d", help="the experiment folder (holds params.yaml)")]
@@ -119,7 +119,7 @@ def use_cmd(name: Annotated[str, typer.Argument(help="variant of the definition:
         raise DkdmError(f"use: no {source}; available: {', '.join(found) or 'none'}")
     read_params(directory, source.name)
     atomic_write_text(directory / PARAMS_FILE, source.read_text())
-    summary(f"experiment params: {source.name} -> {directory / PARAMS_FILE}; run `dvc repro {directory / 'dvc.yaml'}`")
+    summary(f"experiment params: {source.name} -> {directory / PARAMS_FILE}; run `dvc --cd {directory} repro`")
 
 
 @app.command("run-all")

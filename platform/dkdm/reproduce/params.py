@@ -11,11 +11,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
+from dkdm.yaml_files import load_yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dkdm.errors import DkdmError, one_line
 from dkdm.settings import Settings, load_settings
+from dkdm.yaml_files import load_yaml
 from training.distill.config import DistillConfig, Method
 
 PARAMS_FILE = "params.yaml"
@@ -83,10 +84,7 @@ def read_params(experiment_dir: Path, params_file: str = PARAMS_FILE) -> Experim
     path = experiment_dir / params_file
     if not path.is_file():
         raise DkdmError(f"{path} does not exist; is {experiment_dir} the experiment folder (experiments/reproduce)?")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise DkdmError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    data = load_yaml(path) or {}
     try:
         return ExperimentParams.model_validate(data)
     except ValidationError as err:
@@ -104,11 +102,16 @@ def base_profile_file(params: ExperimentParams, experiment_dir: Path) -> Path:
     return profiles.resolve(params.base_profile)
 
 
+def repo_root(start: Path) -> Path | None:
+    """The repository `start` lies in: the git work tree, else the outermost DVC project. The experiment folder is
+    a DVC project of its own (a subrepo, so the root's `dvc status` skips it): the nearest `.dvc/` is not the root."""
+    folders = (start.resolve(), *start.resolve().parents)
+    git = next((folder for folder in folders if (folder / ".git").exists()), None)
+    return git or next((folder for folder in reversed(folders) if (folder / ".dvc").is_dir()), None)
+
+
 def _repo_root(start: Path) -> Path:
-    for folder in (start.resolve(), *start.resolve().parents):
-        if (folder / ".dvc").is_dir() or (folder / ".git").exists():
-            return folder
-    return start.resolve()
+    return repo_root(start) or start.resolve()
 
 
 def _tracking_override(params: ExperimentParams, experiment_dir: Path) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from dkdm.console import Context, summary
 from dkdm.reproduce import plots
 from dkdm.reproduce.aggregate import Results, collect, published_results
 from dkdm.reproduce.claims import ClaimResult, decide, paper_claims
-from dkdm.reproduce.params import ExperimentParams, distill_config
+from dkdm.reproduce.params import ExperimentParams, distill_config, repo_root
 from dkdm.reproduce.runs import EXPERIMENT_TAG, REPORT_DIR, STUDENTS_DIR
 from dkdm.reproduce.stats import t_interval
 from dkdm.stages.common import read_json, write_json
@@ -48,7 +48,7 @@ def _wall_seconds() -> tuple[float | None, float]:
 def _shown_path(path: str | Path) -> str:
     """A path as the report shows it: relative to the repository when inside one (the report gets committed)."""
     path = Path(path).resolve()
-    root = next((p for p in (path.parent, *path.parents) if (p / ".git").exists() or (p / ".dvc").is_dir()), None)
+    root = repo_root(path.parent)
     return str(path.relative_to(root)) if root is not None else str(path)
 
 
@@ -126,7 +126,7 @@ def markdown(ctx: Context, params: ExperimentParams, results: Results, decided: 
               f"From `{_shown_path(ctx.profile_file)}` (base profile `{params.base_profile}`). "
               "`dkdm reproduce run-all --dir experiments/reproduce -j N` runs the grid of "
               "`experiments/reproduce/dvc.yaml` N processes at a time and commits its outputs to DVC; "
-              "`dvc repro experiments/reproduce/dvc.yaml` runs the same stages one at a time; "
+              "`dvc --cd experiments/reproduce repro` runs the same stages one at a time; "
               "`dkdm reproduce use NAME` switches to params-NAME.yaml (e.g. `cifar10` for paper scale).",
               f"CPU-scale numbers are FD in a {settings.features.kind} feature space, not FID: only orderings and "
               "ratios are comparable with the paper."]

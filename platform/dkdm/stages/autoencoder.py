@@ -1,6 +1,7 @@
 """Stage `autoencoder`: the first stage of a latent profile, trained on the real data or imported.
 
-Pixel profiles have none; the stage then only records that (so one dvc.yaml serves both spaces). The result is
+Pixel profiles have none: dvc.yaml runs this stage only for latent profiles (`first_stage@autoencoder`, a foreach
+over pipeline.first_stage) and by hand it refuses a pixel profile in one line. The result is
 outputs/autoencoder/first_stage.safetensors (+ .json sidecar) and info.json with the scale factor the latent process
 uses ('auto' is resolved here, once, as LDM's 1/std of the encoded training set), the latent shape and the
 reconstruction error on the training set at the data's size.
@@ -27,11 +28,10 @@ from dkdm.tracking import start_run
 
 def run(ctx: Context) -> None:
     settings = ctx.settings
+    if settings.space != "latent":  # dvc.yaml has no such stage for pixel profiles (pipeline.first_stage: [])
+        raise DkdmError(f"autoencoder: profile {settings.profile!r} works in pixel space and has no first stage "
+                        "to train or import (set `space: latent` and teacher.latent for a latent profile)")
     AUTOENCODER_DIR.mkdir(parents=True, exist_ok=True)
-    if settings.space != "latent":
-        write_json(AUTOENCODER_INFO, {"space": "pixel", "first_stage": None})
-        summary(f"autoencoder: profile {settings.profile!r} works in pixel space; no first stage")
-        return
     if settings.teacher.latent.first_stage.source == "import":
         _import(ctx)
     else:
