@@ -50,14 +50,25 @@ def _has(data: Any, dotted: str) -> bool:
     return True
 
 
+def _pipeline(space: str, mine: Any) -> dict[str, Any]:
+    """dvc.yaml builds its stage graph from `pipeline` (a foreach and a dependency), which follows from `space`."""
+    from dkdm.settings_pipeline import FIRST_STAGE, FIRST_STAGE_OUT
+
+    return {"first_stage": FIRST_STAGE[space], "first_stage_out": FIRST_STAGE_OUT[space], **(mine or {})}
+
+
 def completed(text: str, dvc_file: Path = Path("dvc.yaml")) -> str | None:
     """params.yaml text for a profile that lacks some DVC parameters (None when it already has them all)."""
     from dkdm.settings import Settings
 
     mine = yaml.safe_load(text) or {}
-    if all(_has(mine, name) for name in dvc_params(dvc_file)):
+    needed = [*dvc_params(dvc_file), "space", "pipeline.first_stage", "pipeline.first_stage_out"]
+    if all(_has(mine, name) for name in needed):
         return None
     merged = dict(mine)
+    space = str(mine.get("space", "pixel"))
+    merged["space"] = space
+    merged["pipeline"] = _pipeline(space, mine.get("pipeline"))
     for name in DVC_SECTIONS:
         default = _plain(Settings.model_fields[name].get_default(call_default_factory=True))
         merged[name] = _merge(default, mine.get(name)) if name in mine else default
