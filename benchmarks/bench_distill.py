@@ -130,7 +130,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["c_dkdm_step"] / (med["a_teacher_forward"] + med["b_student_step"])
     round_ratio = statistics.median(
-        c / (a + b_) for a, b_, c in zip(times["a_teacher_forward"], times["b_student_step"], times["c_dkdm_step"])
+        c / (a + b_) for a, b_, c in zip(times["a_teacher_forward"], times["b_student_step"], times["c_dkdm_step"], strict=False)
     )
 
     # Pool preparation throughput vs the bare teacher forward at the preparation batch.

@@ -9,9 +9,18 @@ import os
 import pytest
 import torch
 
-from training.models import (CheckpointError, create_model, get_preset, import_teacher, load_checkpoint,
-                             load_foreign_state_dict, load_into, read_checkpoint_meta, read_checkpoint_tensors,
-                             save_checkpoint)
+from training.models import (
+    CheckpointError,
+    create_model,
+    get_preset,
+    import_teacher,
+    load_checkpoint,
+    load_foreign_state_dict,
+    load_into,
+    read_checkpoint_meta,
+    read_checkpoint_tensors,
+    save_checkpoint,
+)
 
 DIFFUSION = {"steps": 1000, "noise_schedule": "cosine", "learn_sigma": True, "timestep_respacing": ""}
 

@@ -27,9 +27,8 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fixtures_mlflow import build_fixture_store  # noqa: E402
-
 from dkdm.dashboard import dashboard_command, dashboard_env  # noqa: E402
+from fixtures_mlflow import build_fixture_store  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 WINDOW = (1400, 1000)

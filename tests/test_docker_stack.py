@@ -24,7 +24,6 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -108,7 +107,7 @@ def stack():
     project = f"dkdm-stack-test-{os.getpid()}"
     env = {key: value for key, value in os.environ.items() if key in ("PATH", "HOME", "DOCKER_HOST", "DOCKER_CONFIG")}
     env.update(passwords)
-    env.update({name: str(port) for name, port in zip(PORT_VARIABLES, _free_ports(len(PORT_VARIABLES)))})
+    env.update({name: str(port) for name, port in zip(PORT_VARIABLES, _free_ports(len(PORT_VARIABLES)), strict=False)})
     # Two cores in CI: one MLflow worker, a small /dev/shm, a study of TRIALS trials.
     env.update(MLFLOW_WORKERS="1", TRAINER_SHM_SIZE="1gb", DKDM_TOTAL_TRIALS=str(TRIALS))
     compose = [*ds.compose_command(), "-p", project, "--project-directory", str(ds.DOCKER_DIR),

@@ -102,7 +102,7 @@ def test_fd_digits_rises_monotonically_with_noise(extractor):
     for sigma in (0, 15, 40, 80, 160):
         noisy = np.clip(test + rng.normal(0, sigma, test.shape), 0, 255).astype(np.uint8)
         scores.append(evaluate_samples(noisy, extractor=extractor, real_stats=stats)["fd_digits"])
-    assert all(lo < hi for lo, hi in zip(scores, scores[1:])), scores
+    assert all(lo < hi for lo, hi in zip(scores, scores[1:], strict=False)), scores
 
 
 def test_reference_stats_round_trip_and_evaluation(extractor, tmp_path):

@@ -109,7 +109,7 @@ def test_dynamic_distillation_trains_without_the_encoder(short_diffusion: Latent
     before = [p.detach().clone() for p in student.parameters()]
     result = Trainer(student, config.train_config(), source, loss_fn, device="cpu", eval_fn=evaluate).run()
     assert result.step == 3 and result.skipped_steps == 0
-    assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters(), strict=False))
     assert source.stats()["teacher_batches"] == 3
     assert decoder_calls.calls == 1 and encoder_calls.calls == 0, "distillation must never encode"
 

@@ -12,7 +12,6 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline_helpers import repro_profile
-
 from training.data import synthetic
 
 PROFILE = "ci-own16"

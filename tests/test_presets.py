@@ -8,8 +8,7 @@ import types
 import pytest
 import torch
 
-from training.models import count_parameters, create_model, get_preset, get_preset_info, list_presets
-from training.models import factory
+from training.models import count_parameters, create_model, factory, get_preset, get_preset_info, list_presets
 from training.models.adm_unet import AttentionBlock
 
 REFERENCE_PRESETS = ["cifar10-57M-teacher", "cifar10-44M", "cifar10-32M", "cifar10-24M", "cifar10-14M-student",

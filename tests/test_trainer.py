@@ -1,7 +1,6 @@
 """The trainer (AdamW, EMA, microbatching, NaN guard, clipping, eval hook / keep-best) and the baselines."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 from torch import nn
@@ -111,8 +110,8 @@ def test_non_finite_loss_skips_the_step_and_is_counted():
     snapshot = [p.detach().clone() for p in trainer.model.parameters()]
     ema_snapshot = [p.detach().clone() for p in trainer.ema.model.parameters()]
     trainer.train_step()
-    assert all(torch.equal(a, b) for a, b in zip(snapshot, trainer.model.parameters())), "NaN step changed weights"
-    assert all(torch.equal(a, b) for a, b in zip(ema_snapshot, trainer.ema.model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(snapshot, trainer.model.parameters(), strict=False)), "NaN step changed weights"
+    assert all(torch.equal(a, b) for a, b in zip(ema_snapshot, trainer.ema.model.parameters(), strict=False))
     result = trainer.run()
     assert result.skipped_steps == 2 and result.step == 4
     assert tracker.series("train/skipped_steps")[-1] == (4, 2.0)
@@ -125,7 +124,7 @@ def test_microbatching_gives_the_same_update():
     split = _data_trainer(TrainConfig(iterations=1, batch_size=8, microbatch=3, lr=1e-2))
     whole.train_step()
     split.train_step()
-    for a, b in zip(whole.model.parameters(), split.model.parameters()):
+    for a, b in zip(whole.model.parameters(), split.model.parameters(), strict=False):
         assert torch.allclose(a, b, atol=1e-6), "3+3+2 microbatches must match one batch of 8"
 
 

@@ -254,9 +254,8 @@ def profile_show(
 def profile_use(name: Annotated[str, typer.Argument(help="profile to activate (see `dkdm profile list`)")]) -> None:
     """Make NAME the active profile: params.yaml is replaced by its file, atomically, after validation."""
     from dkdm import profiles
-    from dkdm.console import summary  # deferred: console imports the settings, and they import torch
-
     from dkdm.architectures import describe, profile_architectures
+    from dkdm.console import summary  # deferred: console imports the settings, and they import torch
     from dkdm.settings import load_settings
 
     path = profiles.use(name)

@@ -72,9 +72,8 @@ def use(name: str) -> Path:
 
     The profile is validated first, so a broken profile never replaces a working params.yaml.
     """
-    from dkdm.settings import load_settings
-
     from dkdm.profile_complete import completed
+    from dkdm.settings import load_settings
 
     source = resolve(name)
     load_settings(source)

@@ -16,8 +16,8 @@ from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSett
 from dkdm.architectures import ArchSpec
 from dkdm.errors import DkdmError, one_line
 from dkdm.settings_latent import LatentSettings
-from dkdm.tuning.config import TuneSettings
 from dkdm.settings_pipeline import PipelineSettings, check_pipeline
+from dkdm.tuning.config import TuneSettings
 from dkdm.yaml_files import load_mapping
 from training.diffusion.config import DiffusionConfig
 from training.distill.config import DATASET_METHODS, POOL_METHODS, DistillConfig, Method, PoolDType

@@ -9,8 +9,16 @@ Public API (kept stable, other parts and outside checks call it):
 from __future__ import annotations
 
 from .adm_unet import ADMUNet
-from .checkpoint import (CheckpointError, CheckpointMeta, build_from_state_dict, load_checkpoint, load_into,
-                         read_checkpoint_meta, read_checkpoint_tensors, save_checkpoint)
+from .checkpoint import (
+                         CheckpointError,
+                         CheckpointMeta,
+                         build_from_state_dict,
+                         load_checkpoint,
+                         load_into,
+                         read_checkpoint_meta,
+                         read_checkpoint_tensors,
+                         save_checkpoint,
+)
 from .config import ADMUNetConfig, DiTConfig, ModelConfig, parse_model_config
 from .dit import DiT
 from .factory import create_model

@@ -157,7 +157,7 @@ class DiTConfig(ModelConfig):
         object.__setattr__(self, "input_size", size)
         object.__setattr__(self, "image_size", size)
         if self.model_name in DIT_TABLE:
-            table = dict(zip(("depth", "hidden_size", "patch_size", "num_heads"), DIT_TABLE[self.model_name]))
+            table = dict(zip(("depth", "hidden_size", "patch_size", "num_heads"), DIT_TABLE[self.model_name], strict=False))
             wrong = {k: v for k, v in table.items() if getattr(self, k) != v}
             if wrong:
                 raise ValueError(f"model_name: {self.model_name!r} fixes {wrong} in the reference, which would ignore "

@@ -37,6 +37,6 @@ class EMA:
         if len(ema_params) != len(params):
             raise ValueError("EMA model and trained model have different parameter lists")
         torch._foreach_lerp_(ema_params, params, 1.0 - rate)
-        for ema_b, b in zip(self.model.buffers(), model.buffers()):
+        for ema_b, b in zip(self.model.buffers(), model.buffers(), strict=False):
             ema_b.copy_(b)
         self.num_updates += 1

@@ -6,7 +6,6 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from dkdm.errors import DkdmError
 from dkdm.reproduce.params import ExperimentParams, run_name

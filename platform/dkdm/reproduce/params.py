@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dkdm.yaml_files import load_yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dkdm.errors import DkdmError, one_line

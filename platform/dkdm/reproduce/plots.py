@@ -45,7 +45,7 @@ def curves(results: Results, path: Path, variants: list[str]) -> Path | None:
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, (metric, column, name_attr) in zip(axes, PANELS):
+    for ax, (metric, column, name_attr) in zip(axes, PANELS, strict=False):
         for variant in variants:
             curve = results.variants[variant].mean_curve(column)
             if not curve:
@@ -78,7 +78,7 @@ def scores(results: Results, path: Path, variants: list[str], confidence: float)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(variants) + 2.2), sharey=True)
     any_cut = False
-    for ax, (metric, _, name_attr) in zip(axes, PANELS):
+    for ax, (metric, _, name_attr) in zip(axes, PANELS, strict=False):
         intervals = {v: results.variants[v].interval(metric, confidence) for v in variants}
         shown = [x for v in variants for x in getattr(results.variants[v], metric) if x > 0]
         shown += [iv.high for iv in intervals.values() if iv.n > 1]
@@ -126,7 +126,7 @@ def rho_sweep(results: Results, path: Path, variants: list[str], confidence: flo
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, (metric, _, name_attr) in zip(axes, PANELS):
+    for ax, (metric, _, name_attr) in zip(axes, PANELS, strict=False):
         xs, means, lows, highs = [], [], [], []
         for rho, variant in points:
             iv = results.variants[variant].interval(metric, confidence)

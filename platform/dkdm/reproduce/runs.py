@@ -32,10 +32,10 @@ from dkdm.stages.common import (
 from dkdm.tracking import start_run
 
 if TYPE_CHECKING:
-    from dkdm.settings import Settings
-    from training.diffusion import GaussianDiffusion
     from torch import nn
 
+    from dkdm.settings import Settings
+    from training.diffusion import GaussianDiffusion
     from training.eval.extractor import Features
 
 SHARED_STAGES = ("data", "teacher", "features", "reference")

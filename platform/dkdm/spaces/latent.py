@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from dkdm.errors import DkdmError
 from dkdm.settings import Settings
-from dkdm.stages.common import AUTOENCODER_INFO, FIRST_STAGE_FILE, TEACHER_FILE, nhwc_to_model, read_json, require
+from dkdm.stages.common import AUTOENCODER_INFO, FIRST_STAGE_FILE, TEACHER_FILE, nhwc_to_model, require
 from training.diffusion import Process
 from training.diffusion.ldm import FirstStage, LatentDiffusion
 from training.distill.sources import Encoder

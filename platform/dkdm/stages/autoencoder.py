@@ -12,6 +12,7 @@ from pathlib import Path
 
 from dkdm.console import Context, summary
 from dkdm.errors import DkdmError
+from dkdm.spaces.latent import ENCODE_BATCH, decode_to_images, first_stage_images, latent_shape
 from dkdm.stages.common import (
     AUTOENCODER_DIR,
     AUTOENCODER_INFO,
@@ -21,7 +22,6 @@ from dkdm.stages.common import (
     require,
     write_json,
 )
-from dkdm.spaces.latent import ENCODE_BATCH, decode_to_images, first_stage_images, latent_shape
 from dkdm.stages.training import LossLog
 from dkdm.tracking import start_run
 

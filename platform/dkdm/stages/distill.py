@@ -17,7 +17,6 @@ from torch import Tensor, nn
 from dkdm.console import Context, summary
 from dkdm.errors import DkdmError
 from dkdm.spaces import Space, SpaceSampler, space_for
-from dkdm.teacher_compat import check_teacher_compat
 from dkdm.stages.common import (
     CURVES_DIR,
     POOL_FILE,
@@ -33,6 +32,7 @@ from dkdm.stages.common import (
     write_json,
 )
 from dkdm.stages.training import resume_state_file, train_network
+from dkdm.teacher_compat import check_teacher_compat
 from dkdm.tracking import start_run, student_model_name
 from training.distill.config import DistillConfig
 from training.train.trainer import EvalFn

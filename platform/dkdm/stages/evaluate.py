@@ -17,7 +17,6 @@ from dkdm.console import Context, summary
 from dkdm.errors import DkdmError
 from dkdm.lineage import locked_md5
 from dkdm.spaces import space_for
-from dkdm.teacher_compat import check_evaluation
 from dkdm.stages.common import (
     REAL_STATS_FILE,
     STUDENTS_DIR,
@@ -31,6 +30,7 @@ from dkdm.stages.common import (
     student_file,
     write_json,
 )
+from dkdm.teacher_compat import check_evaluation
 from dkdm.tracking import NullRunTracker, RunTracker, start_run, student_model_name
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from dkdm.console import Context, summary
 from dkdm.spaces import space_for
-from dkdm.teacher_compat import check_teacher_compat
 from dkdm.stages.common import (
     POOL_FILE,
     base_distill_config,
@@ -22,6 +21,7 @@ from dkdm.stages.common import (
     md5_tags,
     teacher_fingerprint,
 )
+from dkdm.teacher_compat import check_teacher_compat
 from dkdm.tracking import start_run
 
 

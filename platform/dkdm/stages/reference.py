@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dkdm.console import Context, summary
 from dkdm.spaces import space_for
-from dkdm.teacher_compat import check_teacher_compat
 from dkdm.stages.common import (
     REFERENCE_DIR,
     REFERENCE_METRICS,
@@ -22,6 +21,7 @@ from dkdm.stages.common import (
     teacher_fingerprint,
     write_json,
 )
+from dkdm.teacher_compat import check_teacher_compat
 from dkdm.tracking import start_run
 
 

@@ -15,11 +15,11 @@ from dkdm.console import Context
 from dkdm.settings import Settings
 from dkdm.spaces import Space, space_for
 from dkdm.stages.common import WORK_DIR, clear_work_dir, work_dir, write_csv
+from dkdm.tracking_resume import RUN_ID_KEY
 from training.distill.config import DistillConfig
 from training.distill.sources import Encoder
 from training.train.tracker import Tracker
 from training.train.trainer import EvalFn, Trainer
-from dkdm.tracking_resume import RUN_ID_KEY
 
 LOSS_COLUMNS = ("step", "loss", "mse", "vb")
 
