@@ -84,7 +84,7 @@ def test_evaluate_and_report_print_checkpoint_paths_and_run_names_verbatim(input
 
     by_path = _cli(["evaluate", "--checkpoint", str(checkpoint), "--profile", str(profile)])
     assert by_path.exit_code == 0, by_path.output
-    assert f"evaluate {checkpoint.stem}: 16 samples, 5 steps: fd_digits " in by_path.output
+    assert f"evaluate {checkpoint.stem}: 16 pixel samples, 5 ancestral steps: fd_digits " in by_path.output
     assert by_path.output.rstrip().endswith(f"-> {Path('evaluations') / checkpoint.stem / 'metrics.json'}")
 
     for args in (["--teacher"], ["--run", ODD_RUN]):

@@ -173,8 +173,11 @@ class LatentSpace:
     def first_stage(self, device: torch.device) -> nn.Module:
         """The pipeline's autoencoder (eval mode, frozen), loaded once per space object."""
         if self._first_stage is None:
+            from dkdm.first_stage_info import read_scale_factor
             from training.models import load_checkpoint
 
+            # The record is written last by the autoencoder stage: an unfinished or pixel record says what to run.
+            read_scale_factor(require(AUTOENCODER_INFO, "dkdm autoencoder"))
             model, _ = load_checkpoint(require(FIRST_STAGE_FILE, "dkdm autoencoder"), ema=False, device=device)
             for p in model.parameters():
                 p.requires_grad_(False)
