@@ -130,7 +130,8 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["c_dkdm_step"] / (med["a_teacher_forward"] + med["b_student_step"])
     round_ratio = statistics.median(
-        c / (a + b_) for a, b_, c in zip(times["a_teacher_forward"], times["b_student_step"], times["c_dkdm_step"], strict=False)
+        c / (a + b_)
+        for a, b_, c in zip(times["a_teacher_forward"], times["b_student_step"], times["c_dkdm_step"], strict=False)
     )
 
     # Pool preparation throughput vs the bare teacher forward at the preparation batch.
@@ -154,12 +155,12 @@ def main() -> None:
     # on a shared machine; the median of the per-pair ratios is the robust figure.
     for repeat in range(args.prep_repeats):
         prepared: list[Pool] = []
-        prep_block = timed(lambda: prepared.append(prepare_in_memory(
+        prep_block = timed(lambda prepared=prepared, repeat=repeat: prepared.append(prepare_in_memory(
             prep_step, 8 * tb, shape, prep_diffusion.num_timesteps, batch_size=tb, dtype=torch.float32,
             device=device, generator=make_generator(device, repeat, "prepare"))), device)
         done = prepared[0].meta["teacher_evals"]
         batches = -(-done // tb)
-        bare_block = timed(lambda: [prep_forward() for _ in range(batches)], device)
+        bare_block = timed(lambda batches=batches: [prep_forward() for _ in range(batches)], device)
         pair_ratios.append((done / prep_block) / (batches * tb / bare_block))
         prep_seconds, bare_seconds = prep_seconds + prep_block, bare_seconds + bare_block
         evals, bare_images = evals + done, bare_images + batches * tb

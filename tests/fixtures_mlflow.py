@@ -176,7 +176,8 @@ def build_fixture_store(root: Path) -> FixtureStore:
                       "dkdm.trial_state": "COMPLETE", "dkdm.method": "dynamic"}
         ids[f"trial/{number}"] = writer.run(f"trial-{number}", trial_tags,
                                             {"rho": 0.1 * (number + 1), "lr": 1e-4 * (number + 1)},
-                                            {"fd_digits_teacher": value}, {"eval/fd_digits_teacher": [value + 3, value]},
+                                            {"fd_digits_teacher": value},
+                                            {"eval/fd_digits_teacher": [value + 3, value]},
                                             parent=ids["tune"])
 
     report = ("# Reproduction at CPU scale\n\n| claim | verdict |\n|---|---|\n"

@@ -24,7 +24,8 @@ def synthetic_experiment(root: Path) -> ExperimentParams:
             folder = root / "outputs" / "evaluation" / f"{variant}-s{seed}"
             folder.mkdir(parents=True)
             jitter = 0.01 * (k - 0.5)
-            (folder / "metrics.json").write_text(json.dumps({"fd_digits": fd + jitter, "fd_digits_teacher": fdp + jitter,
+            (folder / "metrics.json").write_text(json.dumps({"fd_digits": fd + jitter,
+                                                             "fd_digits_teacher": fdp + jitter,
                                                              "train_seconds_per_100_iters": 1.0}))
             curve = root / "outputs" / "students" / f"{variant}-s{seed}" / "curve.csv"
             curve.parent.mkdir(parents=True)

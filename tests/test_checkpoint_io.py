@@ -229,7 +229,8 @@ def test_key_mismatch_is_a_grouped_readable_diff(adm_small_state):
     with pytest.raises(CheckpointError) as err:
         load_into(create_model(get_preset("adm-small")), state)
     assert str(err.value) == (
-        "state dict does not match the model: 3 missing, 3 unexpected, 1 wrong shape (model has 270 keys, file has 270)\n"
+        "state dict does not match the model: 3 missing, 3 unexpected, 1 wrong shape "
+        "(model has 270 keys, file has 270)\n"
         "  missing keys (3, in the model but not in the file):\n"
         "    input_blocks.1.0: in_layers.0.weight, in_layers.0.bias\n"
         "    middle_block.1: qkv.weight\n"

@@ -44,9 +44,11 @@ def test_digits_are_uint8_8x8_single_channel_scaled_from_0_16():
 def test_digits_train_and_test_splits_are_disjoint_and_cover_the_set():
     train, test = load_digits("train"), load_digits("test")
     assert len(train) == 1437 and len(test) == 360
-    all_rows = {row.tobytes() + bytes([lab]) for row, lab in zip(load_digits().images, load_digits().labels, strict=False)}
+    all_rows = {row.tobytes() + bytes([lab])
+                for row, lab in zip(load_digits().images, load_digits().labels, strict=False)}
     assert len(train) + len(test) == 1797
-    split_rows = [row.tobytes() + bytes([lab]) for d in (train, test) for row, lab in zip(d.images, d.labels, strict=False)]
+    split_rows = [row.tobytes() + bytes([lab])
+                  for d in (train, test) for row, lab in zip(d.images, d.labels, strict=False)]
     assert set(split_rows) <= all_rows
     with pytest.raises(ValueError, match="unknown split"):
         load_digits("validation")

@@ -59,8 +59,10 @@ def test_diffusers_teacher_in_and_students_out_through_the_cli(tmp_path, monkeyp
         for p in student.parameters():
             p.add_(0.05 * torch.randn_like(p))
     save_checkpoint("student.safetensors", student, model_config=STUDENT, diffusion_config=meta.diffusion_config)
-    for checkpoint, model in (("student.safetensors", student.eval()), ("outputs/teacher/teacher.safetensors", teacher)):
-        result = runner.invoke(app, ["export", "--format", "diffusers", "--checkpoint", checkpoint, "--out", "exported"])
+    for checkpoint, model in (("student.safetensors", student.eval()),
+                              ("outputs/teacher/teacher.safetensors", teacher)):
+        result = runner.invoke(app, ["export", "--format", "diffusers", "--checkpoint", checkpoint,
+                                     "--out", "exported"])
         assert result.exit_code == 0, result.output
         pipe = diffusers.DDPMPipeline.from_pretrained(tmp_path / "exported")
         assert pipe.scheduler.config.variance_type == "fixed_small"

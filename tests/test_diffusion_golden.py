@@ -85,12 +85,14 @@ def test_p_mean_variance(pmv, prefix, respacing, clip):
         assert_scaled_close(out[name], pmv[f"{prefix}{name}{suffix}"], f"{prefix}{name}{suffix}")
     # Unclipped x0 reaches ~7.5e4 at t=999 (1/sqrt(alpha_bar) = 2e4), hence the scale-relative bound.
     unclipped = diffusion.predict_xstart_from_eps(x_t, t, out["model_output"][:, :3])
-    assert_scaled_close(unclipped, pmv[f"{prefix}pred_xstart_unclipped{suffix}"], f"{prefix}pred_xstart_unclipped{suffix}")
+    assert_scaled_close(unclipped, pmv[f"{prefix}pred_xstart_unclipped{suffix}"],
+                        f"{prefix}pred_xstart_unclipped{suffix}")
 
 
 def test_p_mean_variance_with_precomputed_output_does_not_call_model(pmv):
     diffusion = create_diffusion()
-    out = diffusion.p_mean_variance(None, tensor(pmv["x_t"]), tensor(pmv["t"]), model_output=tensor(pmv["model_output"]))
+    out = diffusion.p_mean_variance(None, tensor(pmv["x_t"]), tensor(pmv["t"]),
+                                    model_output=tensor(pmv["model_output"]))
     assert_scaled_close(out["mean"], pmv["mean_clip"], "mean_clip (precomputed output)")
 
 
@@ -133,7 +135,8 @@ def test_ddim_step(golden_dir):
 
     for eta, key in ((0.0, "eta0"), (0.5, "eta05")):
         network = RecordedNetwork(ps["ddim25_t_model"], output)
-        out = diffusion.ddim_sample(network, tensor(ps["x_t"]), tensor(t), clip_denoised=True, eta=eta, noise=tensor(ps["noise"]))
+        out = diffusion.ddim_sample(network, tensor(ps["x_t"]), tensor(t), clip_denoised=True, eta=eta,
+                                    noise=tensor(ps["noise"]))
         assert_scaled_close(out["sample"], ps[f"ddim25_{key}_sample"], f"ddim25_{key}_sample")
     assert_scaled_close(out["pred_xstart"], ps["ddim25_eta0_pred_xstart"], "ddim25_eta0_pred_xstart")
 
@@ -166,7 +169,8 @@ def test_teacher_step_helpers_reproduce_dkdm_fixture(golden_dir, fixture):
 
     teacher = diffusion.p_mean_variance(None, x_t, t, clip_denoised=True, model_output=tensor(kd["teacher_raw_output"]))
     x_tm1 = step_from_output(teacher, t, tensor(kd["noise"]))
-    student = diffusion.p_mean_variance(None, x_t, t, clip_denoised=False, model_output=tensor(kd["student_raw_output"]))
+    student = diffusion.p_mean_variance(None, x_t, t, clip_denoised=False,
+                                        model_output=tensor(kd["student_raw_output"]))
 
     for name in ("mean", "variance", "log_variance", "pred_xstart"):
         assert_scaled_close(teacher[name], kd[f"teacher_{name}"], f"teacher_{name}")

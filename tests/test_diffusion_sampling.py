@@ -66,11 +66,16 @@ def test_sample_respects_shape_and_batch(shape):
 def test_ddim_eta0_is_deterministic_given_start_noise_and_batch_independent():
     diffusion = create_diffusion(timestep_respacing="ddim10")
     start = torch.randn((4, 3, 8, 8), generator=_gen(5))
-    run = lambda seed, x: diffusion.sample(toy_network, tuple(x.shape), generator=_gen(seed), device="cpu", use_ddim=True, noise=x)  # noqa: E731
+
+    def run(seed, x):
+        return diffusion.sample(toy_network, tuple(x.shape), generator=_gen(seed), device="cpu", use_ddim=True,
+                                noise=x)
+
     together = run(0, start)
     assert torch.equal(together, run(123, start))
     torch.testing.assert_close(torch.cat([run(7, start[:2]), run(8, start[2:])]), together, rtol=0, atol=1e-6)
-    noisy = diffusion.sample(toy_network, (4, 3, 8, 8), generator=_gen(123), device="cpu", use_ddim=True, eta=0.5, noise=start)
+    noisy = diffusion.sample(toy_network, (4, 3, 8, 8), generator=_gen(123), device="cpu", use_ddim=True, eta=0.5,
+                             noise=start)
     assert (noisy - together).abs().max() > 1e-2
 
 

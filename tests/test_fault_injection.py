@@ -124,6 +124,7 @@ def test_killed_three_times_and_resumed_equals_one_uninterrupted_run(tmp_path):
     assert rows == _curve(straight)
     print(f"\nMLflow runs after {KILLS} kills (resumed from steps {resumed_from}):")
     for run in client.search_runs([runs[0].info.experiment_id]):
-        print(f"  {run.info.run_id}  {run.info.run_name:<28} {run.info.status:<9} resumed={run.data.tags.get('dkdm.resumed', '0')}"
+        print(f"  {run.info.run_id}  {run.info.run_name:<28} {run.info.status:<9}"
+              f" resumed={run.data.tags.get('dkdm.resumed', '0')}"
               f"  train/loss points={len(client.get_metric_history(run.info.run_id, 'train/loss'))}")
     print(f"outputs/curves/dynamic.csv: {len(rows)} rows (steps {rows[0]['step']}..{rows[-1]['step']})")

@@ -61,14 +61,18 @@ def test_a_checkpoint_of_an_inline_student_rebuilds_itself(tmp_path, monkeypatch
 
 @pytest.mark.parametrize("sections,message", [
     ({"teacher": {"preset": {**TEACHER, "family": "resnet"}}}, "teacher.preset: family: 'resnet' is not one of"),
-    ({"teacher": {"preset": {**TEACHER, "num_chanels": 32}}}, "teacher.preset: adm-unet config: num_chanels: unknown key"),
+    ({"teacher": {"preset": {**TEACHER, "num_chanels": 32}}},
+     "teacher.preset: adm-unet config: num_chanels: unknown key"),
     ({"teacher": {"preset": {**TEACHER, "image_size": 32}}}, "makes 3x32x32 images but data is 3x16x16"),
-    ({"distill": {"runs": {"r": {"method": "dynamic", "source": "outputs/pool", "student": {**STUDENT, "input_size": 8}}}}},
+    ({"distill": {"runs": {"r": {"method": "dynamic", "source": "outputs/pool",
+                                 "student": {**STUDENT, "input_size": 8}}}}},
      "distill.runs.r.student: student 'inline-dit-"),
-    ({"distill": {"runs": {"r": {"method": "dynamic", "source": "outputs/pool", "student": {**STUDENT, "learn_sigma": False}}}}},
+    ({"distill": {"runs": {"r": {"method": "dynamic", "source": "outputs/pool",
+                                 "student": {**STUDENT, "learn_sigma": False}}}}},
      "has learn_sigma=True but student 'inline-dit-"),
     ({"presets": {"ci-teacher": TEACHER}}, "presets.ci-teacher: 'ci-teacher' is a built-in preset"),
-    ({"teacher": {"preset": {**TEACHER, "learn_sigma": False}}}, "has learn_sigma=False but diffusion.learn_sigma is True"),
+    ({"teacher": {"preset": {**TEACHER, "learn_sigma": False}}},
+     "has learn_sigma=False but diffusion.learn_sigma is True"),
     ({"distill": {"student": "tiny-ditt"}}, "distill.student: unknown name 'tiny-ditt'"),
 ])
 def test_bad_architectures_are_one_line_errors(tmp_path, monkeypatch, sections, message):

@@ -73,7 +73,8 @@ def test_paper_latent_profiles_follow_table_7(name, teacher, batch, lr, iteratio
     latent = s.teacher.latent
     assert (s.scale, s.teacher.source, s.teacher.preset, s.distill.student) == (
         "paper", "import", teacher, "ldm-86M-student")
-    assert (latent.linear_start, latent.linear_end, latent.scale_factor, s.diffusion.steps) == (0.0015, 0.0195, 1.0, 1000)
+    assert (latent.linear_start, latent.linear_end, latent.scale_factor, s.diffusion.steps) == (
+        0.0015, 0.0195, 1.0, 1000)
     assert (latent.first_stage.preset, latent.first_stage.source) == ("vq-f4", "import")
     t = s.distill.train
     assert (t.batch_size, t.lr, t.iterations, t.ema_rate, t.ema_warmup) == (batch, lr, iterations, 0.9999, True)
@@ -223,7 +224,8 @@ def test_released_layout_checkpoint_imports_through_the_stages(workdir):
     reference = create_model(get_preset("vq-f4-digits"))
     reference.load_state_dict({k[len("first_stage_model."):]: v for k, v in ema.items()
                                if k.startswith("first_stage_model.")})
-    assert all(torch.equal(a, b) for a, b in zip(vq.state_dict().values(), reference.state_dict().values(), strict=False))
+    assert all(torch.equal(a, b)
+               for a, b in zip(vq.state_dict().values(), reference.state_dict().values(), strict=False))
 
     # `dkdm sample` on the latent teacher: DDIM in latent space, decoded by the profile's first stage, deterministic.
     for name in ("a", "b"):

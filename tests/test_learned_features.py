@@ -105,7 +105,8 @@ def test_labelled_data_trains_a_classifier_that_generalises(digits_net):
     features = extractor.extract(load_digits("test").images[:40], batch_size=16)
     assert features.pool.shape == (40, 64) and features.logits.shape == (40, 10)
     sidecar = json.loads(report.path.with_suffix(".json").read_text())
-    assert sidecar["feature_space"] == report.space == extractor.space and sidecar["config"]["objective"] == "classifier"
+    assert sidecar["feature_space"] == report.space == extractor.space
+    assert sidecar["config"]["objective"] == "classifier"
 
 
 def test_unlabelled_data_trains_a_contrastive_encoder(rgb_net):
@@ -156,7 +157,10 @@ def test_disturbances_keep_their_draws_across_strengths():
     changed_weak = (weak != images).any(-1)
     assert changed_weak.any() and ((strong != images).any(-1) | ~changed_weak).all()  # weak hits ⊂ strong hits
     other = synthetic.gratings(50, 16, seed=1)
-    swapped = lambda f: {i for i in range(50) if (mix_in(images, other, f, seed=1)[i] != images[i]).any()}
+
+    def swapped(f):
+        return {i for i in range(50) if (mix_in(images, other, f, seed=1)[i] != images[i]).any()}
+
     assert len(swapped(0.1)) == 5 and swapped(0.1) <= swapped(0.5)
     flat = np.full((2, 16, 16, 3), 77, np.uint8)
     np.testing.assert_array_equal(gaussian_blur(flat, 1.5), flat)  # blur preserves a constant image

@@ -14,7 +14,8 @@ def test_package_copy_parses_and_matches_the_shared_source(shared_dir: Path):
     shipped = load_paper_tables()
     source_ids = [e["id"] for e in [*source["tables"], *source["figures"]]]
     assert paper_ids(shipped) == source_ids  # every table and figure id, in the same order
-    assert shipped == source, "platform/dkdm/data/paper_tables.yaml drifted from the paper's tables (tests/data/paper/tables.yaml)"
+    assert shipped == source, (
+        "platform/dkdm/data/paper_tables.yaml drifted from the paper's tables (tests/data/paper/tables.yaml)")
 
 
 def test_the_data_file_is_package_data():

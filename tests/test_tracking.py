@@ -257,7 +257,7 @@ class MlflowServer:
                 return
             except DkdmError:
                 if self.process.poll() is not None:
-                    raise RuntimeError((self.root / "server.log").read_text()[-2000:])
+                    raise RuntimeError((self.root / "server.log").read_text()[-2000:]) from None
                 time.sleep(0.5)
         raise RuntimeError(f"mlflow server did not come up in {timeout_s}s")
 

@@ -16,8 +16,11 @@ from dkdm.tracking import start_run
 from dkdm.tracking_queue import DeliveryQueue
 from dkdm.tracking_resume import PID_TAG, RUN_ID_KEY, STARTED_TAG
 from dkdm.tracking_system import SystemSampler
-from test_tracking import FlakyStore, _settings, project, server  # noqa: F401 - fixtures shared with test_tracking
+from test_tracking import FlakyStore, _settings
 from training.train.state import atomic_save_tensors
+
+# The `project` and `server` fixtures are test_tracking's; registering it as a plugin is how pytest shares them.
+pytest_plugins = ["test_tracking"]
 
 
 def _client(root: Path):

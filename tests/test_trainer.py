@@ -110,7 +110,8 @@ def test_non_finite_loss_skips_the_step_and_is_counted():
     snapshot = [p.detach().clone() for p in trainer.model.parameters()]
     ema_snapshot = [p.detach().clone() for p in trainer.ema.model.parameters()]
     trainer.train_step()
-    assert all(torch.equal(a, b) for a, b in zip(snapshot, trainer.model.parameters(), strict=False)), "NaN step changed weights"
+    assert all(torch.equal(a, b) for a, b in zip(snapshot, trainer.model.parameters(), strict=False)), (
+        "NaN step changed weights")
     assert all(torch.equal(a, b) for a, b in zip(ema_snapshot, trainer.ema.model.parameters(), strict=False))
     result = trainer.run()
     assert result.skipped_steps == 2 and result.step == 4

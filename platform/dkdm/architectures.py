@@ -85,7 +85,8 @@ def resolve(field: str, spec: Any, presets: Mapping[str, Mapping[str, Any]]) -> 
 def resolve_settings(settings: Any) -> None:
     """Replace the profile's teacher and student specs by resolved names, in place (called while validating)."""
     presets = user_presets(settings.presets)
-    teacher = settings.teacher.model_copy(update={"preset": resolve("teacher.preset", settings.teacher.preset, presets)})
+    teacher = settings.teacher.model_copy(
+        update={"preset": resolve("teacher.preset", settings.teacher.preset, presets)})
     runs = {name: spec.model_copy(update={"student": resolve(f"distill.runs.{name}.student", spec.student, presets)})
             if spec.student is not None else spec for name, spec in settings.distill.runs.items()}
     distill = settings.distill.model_copy(update={

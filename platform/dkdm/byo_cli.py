@@ -21,7 +21,8 @@ def register(app: typer.Typer) -> None:
         typer.echo("built-in:")
         for name in list_presets():
             typer.echo(f"  {describe(name)}")
-        typer.echo("yours:" if settings.presets else "yours: none (define them under `presets:` or in configs/presets.yaml)")
+        typer.echo("yours:" if settings.presets
+                   else "yours: none (define them under `presets:` or in configs/presets.yaml)")
         for name in settings.presets:
             typer.echo(f"  {describe(_user(settings, name))}")
         typer.echo(f"used by profile {settings.profile}:")
@@ -31,7 +32,8 @@ def register(app: typer.Typer) -> None:
     @app.command("inspect-teacher")
     @handles_errors
     def inspect_teacher_cmd(
-        folder: Annotated[Path, typer.Argument(help="diffusers folder: a DDPMPipeline, or a UNet2DModel with its scheduler")],
+        folder: Annotated[Path, typer.Argument(
+            help="diffusers folder: a DDPMPipeline, or a UNet2DModel with its scheduler")],
     ) -> None:
         """Print the `teacher:` and `diffusion:` profile sections that describe a diffusers teacher."""
         from dkdm.diffusers_glue import teacher_sections
@@ -41,10 +43,13 @@ def register(app: typer.Typer) -> None:
     @app.command("export")
     @handles_errors
     def export_cmd(
-        format: Annotated[str, typer.Option("--format", help="diffusers: a folder DDPMPipeline.from_pretrained loads")] = "diffusers",
+        format: Annotated[str, typer.Option(
+            "--format", help="diffusers: a folder DDPMPipeline.from_pretrained loads")] = "diffusers",
         run: Annotated[Optional[str], typer.Option("--run", "-r", help="student of distill.runs to export")] = None,
-        checkpoint: Annotated[Optional[Path], typer.Option(help="a dkdm .safetensors checkpoint instead of --run")] = None,
-        out: Annotated[Optional[Path], typer.Option(help="output folder (default: outputs/export/<run>-diffusers)")] = None,
+        checkpoint: Annotated[Optional[Path], typer.Option(
+            help="a dkdm .safetensors checkpoint instead of --run")] = None,
+        out: Annotated[Optional[Path], typer.Option(
+            help="output folder (default: outputs/export/<run>-diffusers)")] = None,
         ema: Annotated[bool, typer.Option("--ema/--no-ema", help="export the EMA weights when present")] = True,
         profile: ProfileOpt = None,
     ) -> None:

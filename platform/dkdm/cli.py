@@ -1,9 +1,9 @@
 """`dkdm`: the command line of the platform. Each command is a thin shell: parse settings once, call one
 stage function, print a one-line summary. A user error is one line on stderr and exit code 2.
 
-Pipeline stages (what dvc.yaml runs): data, autoencoder (latent profiles only), teacher, features, reference, prepare-pool, distill,
-evaluate, report. Each command imports its stage module inside the function: the stages load torch, which
-`dkdm --help` and the profile commands must not wait for.
+Pipeline stages (what dvc.yaml runs): data, autoencoder (latent profiles only), teacher, features, reference,
+prepare-pool, distill, evaluate, report. Each command imports its stage module inside the function: the stages
+load torch, which `dkdm --help` and the profile commands must not wait for.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The paper's published numbers (tables and figure notes of DKDM, CVPR 2025), shipped as package data.
 
-The YAML is a verbatim copy of the paper's tables (tests/data/paper/tables.yaml holds the source); values are as printed in the paper, never rounded.
+The YAML is a verbatim copy of the paper's tables (tests/data/paper/tables.yaml holds the source); values are
+as printed in the paper, never rounded.
 """
 from __future__ import annotations
 

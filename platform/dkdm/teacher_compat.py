@@ -40,7 +40,8 @@ def expected(settings: Settings) -> dict[str, tuple[str, Any]]:
     if settings.space == "latent":
         latent = settings.teacher.latent
         return {"T": ("diffusion.steps", d.steps),
-                "schedule": ("teacher.latent.linear_start/linear_end", f"linear {latent.linear_start}-{latent.linear_end}"),
+                "schedule": ("teacher.latent.linear_start/linear_end",
+                             f"linear {latent.linear_start}-{latent.linear_end}"),
                 "latent shape": ("teacher.latent.first_stage", _latent_shape(settings))}
     channels, size = settings.data.channels, settings.data.image_size
     return {"T": ("diffusion.steps", d.steps),

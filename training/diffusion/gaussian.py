@@ -158,7 +158,8 @@ class GaussianDiffusion:
         return torch.where((t == 0).reshape(-1, *([1] * (n - 1))), first, large)
 
     def p_mean_variance(
-        self, model: Model | None, x_t: Tensor, t: Tensor, clip_denoised: bool = True, model_output: Tensor | None = None
+        self, model: Model | None, x_t: Tensor, t: Tensor, clip_denoised: bool = True,
+        model_output: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Mean, variance, log_variance and pred_xstart of p(x_{t-1} | x_t); model_output is the raw network output.
 
@@ -204,7 +205,8 @@ class GaussianDiffusion:
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> dict[str, Tensor]:
-        """One ancestral step x_t -> x_{t-1}; pass `noise` to reproduce a step exactly, else it comes from `generator`."""
+        """One ancestral step x_t -> x_{t-1}; pass `noise` to reproduce a step exactly, else it comes from
+        `generator`."""
         out = self.p_mean_variance(model, x_t, t, clip_denoised=clip_denoised)
         if noise is None:
             noise = _gaussian_noise(x_t, generator, "p_sample")

@@ -37,7 +37,8 @@ def discretized_gaussian_log_likelihood(x: Tensor, *, means: Tensor, log_scales:
     """
     if x.shape != means.shape or x.shape != log_scales.shape:
         raise ValueError(
-            f"x, means and log_scales must share a shape, got {tuple(x.shape)}, {tuple(means.shape)}, {tuple(log_scales.shape)}"
+            f"x, means and log_scales must share a shape, got {tuple(x.shape)}, {tuple(means.shape)}, "
+            f"{tuple(log_scales.shape)}"
         )
     centered = x - means
     inv_std = torch.exp(-log_scales)

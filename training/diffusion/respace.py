@@ -53,7 +53,8 @@ def _space_ddim(num_timesteps: int, spec: str) -> list[int]:
     for stride in range(1, num_timesteps + 1):
         if len(range(0, num_timesteps, stride)) == count:
             return list(range(0, num_timesteps, stride))
-    raise ValueError(f"bad timestep_respacing {spec!r}: no integer stride gives exactly {count} of {num_timesteps} steps")
+    raise ValueError(f"bad timestep_respacing {spec!r}: no integer stride gives exactly {count} of {num_timesteps} "
+                     "steps")
 
 
 def respaced_betas(alphas_cumprod: np.ndarray, kept: list[int]) -> np.ndarray:

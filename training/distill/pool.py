@@ -146,7 +146,8 @@ def run_preparation(
     """Advance every entry from its s down to its end e, `batch_size` entries per teacher call.
 
     In-flight slots that finish are refilled from the next unstarted entries (longest chains first), so
-    batches stay full, and hold mixed timesteps, until a short tail. `on_save(state)` is called collectively every `save_every_s` seconds.
+    batches stay full, and hold mixed timesteps, until a short tail. `on_save(state)` is called collectively
+    every `save_every_s` seconds.
     """
     total = int((state.s - state.e).clamp(min=0).sum()) + state.evals
     bar = tqdm(total=total, initial=state.evals, unit="img-step", desc="prepare pool",

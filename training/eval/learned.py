@@ -1,9 +1,9 @@
 """`features.kind: learned`: a small CNN feature space trained on the user's own images, for any shape.
 
 The network is trained in the pipeline (see `learned_train.py`): as a classifier where the data has labels,
-otherwise contrastively (SimCLR-style, each image against its own shifted copy). Either way its 64-d embedding is the feature vector. Scores in this space are
-`fd_learned`, `precision_learned`, ... (never FID), and `space` carries a hash of the weights, so statistics of
-one trained network are refused by another.
+otherwise contrastively (SimCLR-style, each image against its own shifted copy). Either way its 64-d embedding
+is the feature vector. Scores in this space are `fd_learned`, `precision_learned`, ... (never FID), and `space`
+carries a hash of the weights, so statistics of one trained network are refused by another.
 """
 from __future__ import annotations
 

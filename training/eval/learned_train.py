@@ -67,7 +67,8 @@ def _class_indices(labels: np.ndarray | None, n: int) -> tuple[Tensor | None, in
 
 
 def _views(x: Tensor, generator: torch.Generator, max_shift: int) -> Tensor:
-    return LearnedNet.preprocess(torch.cat([random_shift(x, generator, max_shift), random_shift(x, generator, max_shift)]))
+    return LearnedNet.preprocess(
+        torch.cat([random_shift(x, generator, max_shift), random_shift(x, generator, max_shift)]))
 
 
 def _contrastive_logits(model: LearnedNet, views: Tensor) -> tuple[Tensor, Tensor]:
@@ -81,10 +82,12 @@ def _contrastive_logits(model: LearnedNet, views: Tensor) -> tuple[Tensor, Tenso
 def _loss(model: LearnedNet, x: Tensor, y: Tensor | None, generator: torch.Generator, max_shift: int) -> Tensor:
     if y is None:
         return F.cross_entropy(*_contrastive_logits(model, _views(x, generator, max_shift)))
-    return F.cross_entropy(model.logits(model.features(LearnedNet.preprocess(random_shift(x, generator, max_shift)))), y)
+    shifted = LearnedNet.preprocess(random_shift(x, generator, max_shift))
+    return F.cross_entropy(model.logits(model.features(shifted)), y)
 
 
-def _held_out_score(model: LearnedNet, x: Tensor, y: Tensor | None, generator: torch.Generator, max_shift: int) -> float | None:
+def _held_out_score(model: LearnedNet, x: Tensor, y: Tensor | None, generator: torch.Generator,
+                    max_shift: int) -> float | None:
     if len(x) < 2:
         return None
     model.eval()

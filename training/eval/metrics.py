@@ -104,7 +104,8 @@ def precision_recall(
 ) -> tuple[float, float]:
     """Precision: share of fake points on the real manifold; recall: share of real points on the fake one."""
     if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
-        raise ValueError(f"precision/recall need N×D features of one width, got {tuple(real.shape)}, {tuple(fake.shape)}")
+        raise ValueError(f"precision/recall need N×D features of one width, got {tuple(real.shape)}, "
+                         f"{tuple(fake.shape)}")
     if real_radii is None:
         real_radii = knn_radii(real, k, batch_size=batch_size)
     fake_radii = knn_radii(fake, k, batch_size=batch_size)

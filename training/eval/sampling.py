@@ -98,7 +98,8 @@ def generate_samples(
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
                     if use_ddim:
                         step_noise = noise.draw(device) if eta != 0 else None
-                        step = diffusion.ddim_sample(model, x, t, clip_denoised=clip_denoised, eta=eta, noise=step_noise)
+                        step = diffusion.ddim_sample(model, x, t, clip_denoised=clip_denoised, eta=eta,
+                                                     noise=step_noise)
                     else:
                         step = diffusion.p_sample(model, x, t, clip_denoised=clip_denoised, noise=noise.draw(device))
                 x = step["sample"].float()

@@ -26,7 +26,8 @@ from .foreign import import_teacher, load_foreign_state_dict
 from .presets import Preset, count_parameters, get_preset, get_preset_info, list_presets
 
 __all__ = [
-    "ADMUNet", "ADMUNetConfig", "CheckpointError", "CheckpointMeta", "DiT", "build_from_state_dict", "DiTConfig", "ModelConfig", "Preset",
+    "ADMUNet", "ADMUNetConfig", "CheckpointError", "CheckpointMeta", "DiT", "build_from_state_dict", "DiTConfig",
+    "ModelConfig", "Preset",
     "count_parameters", "create_model", "get_preset", "get_preset_info", "import_teacher", "list_presets",
     "load_checkpoint", "load_foreign_state_dict", "load_into", "parse_model_config", "read_checkpoint_meta",
     "read_checkpoint_tensors", "save_checkpoint",

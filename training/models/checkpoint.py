@@ -154,7 +154,8 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, model_con
         state = net.state_dict()
         diff = describe_mismatch(reference, _shapes(state), what=f"{prefix.rstrip('.')} weights")
         if diff:
-            raise CheckpointError(f"cannot save {weights_path.name}: model_config does not describe the network\n{diff}")
+            raise CheckpointError(f"cannot save {weights_path.name}: model_config does not describe the network\n"
+                                  f"{diff}")
         tensors.update({prefix + k: v.detach().to("cpu").contiguous() for k, v in state.items()})
     if not weights_path.parent.is_dir():
         raise CheckpointError(f"cannot save {weights_path}: directory {weights_path.parent} does not exist")

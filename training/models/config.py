@@ -93,7 +93,8 @@ class ADMUNetConfig(ModelConfig):
     @model_validator(mode="after")
     def _check(self) -> ADMUNetConfig:
         if self.class_cond:
-            raise ValueError("class_cond: class-conditional ADM models are not supported (the DKDM models are unconditional)")
+            raise ValueError("class_cond: class-conditional ADM models are not supported "
+                             "(the DKDM models are unconditional)")
         if not self.channel_mult:
             if self.image_size not in DEFAULT_CHANNEL_MULT:
                 raise ValueError(f"channel_mult: no default for image_size {self.image_size}; give it explicitly")
@@ -157,7 +158,8 @@ class DiTConfig(ModelConfig):
         object.__setattr__(self, "input_size", size)
         object.__setattr__(self, "image_size", size)
         if self.model_name in DIT_TABLE:
-            table = dict(zip(("depth", "hidden_size", "patch_size", "num_heads"), DIT_TABLE[self.model_name], strict=False))
+            table = dict(zip(("depth", "hidden_size", "patch_size", "num_heads"), DIT_TABLE[self.model_name],
+                             strict=False))
             wrong = {k: v for k, v in table.items() if getattr(self, k) != v}
             if wrong:
                 raise ValueError(f"model_name: {self.model_name!r} fixes {wrong} in the reference, which would ignore "
@@ -167,7 +169,8 @@ class DiTConfig(ModelConfig):
         if self.hidden_size % self.num_heads:
             raise ValueError(f"num_heads: {self.num_heads} does not divide hidden_size {self.hidden_size}")
         if self.hidden_size % 4:
-            raise ValueError(f"hidden_size: the 2-D sin-cos position table needs a multiple of 4, got {self.hidden_size}")
+            raise ValueError(f"hidden_size: the 2-D sin-cos position table needs a multiple of 4, "
+                             f"got {self.hidden_size}")
         expected_out = self.in_channels * (2 if self.learn_sigma else 1)
         if self.out_channels is None:
             object.__setattr__(self, "out_channels", expected_out)
@@ -230,7 +233,8 @@ class ExternalModelConfig(ModelConfig):
 
 
 _BY_FAMILY: dict[str, type[ModelConfig]] = {
-    "adm-unet": ADMUNetConfig, "dit": DiTConfig, "diffusers-unet2d": DiffusersUNetConfig, "ldm-unet": ExternalModelConfig, "vq-f4": ExternalModelConfig,
+    "adm-unet": ADMUNetConfig, "dit": DiTConfig, "diffusers-unet2d": DiffusersUNetConfig,
+    "ldm-unet": ExternalModelConfig, "vq-f4": ExternalModelConfig,
 }
 
 

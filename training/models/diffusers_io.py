@@ -88,7 +88,8 @@ def scheduler_to_diffusion(config: Mapping[str, Any], *, where: str = "scheduler
     if variance not in _VARIANCES:
         raise CheckpointError(f"{where}: variance_type {variance!r} is not supported ({', '.join(_VARIANCES)})")
     learn_sigma, sigma_small = _VARIANCES[variance]
-    out: dict[str, Any] = {"steps": int(config.get("num_train_timesteps", 1000)), "noise_schedule": _SCHEDULES[schedule],
+    out: dict[str, Any] = {"steps": int(config.get("num_train_timesteps", 1000)),
+                           "noise_schedule": _SCHEDULES[schedule],
                            "learn_sigma": learn_sigma, "sigma_small": sigma_small,
                            "predict_xstart": prediction == "sample"}
     if schedule != "squaredcos_cap_v2":
@@ -122,7 +123,8 @@ def read_diffusers_teacher(path: str | os.PathLike[str]) -> DiffusersTeacher:
     unet_dir, scheduler_file = _locate(path)
     raw = _read_json(unet_dir / "config.json")
     if raw.get("_class_name", "UNet2DModel") != "UNet2DModel":
-        raise CheckpointError(f"{unet_dir / 'config.json'}: a {raw['_class_name']}, only UNet2DModel teachers are supported")
+        raise CheckpointError(f"{unet_dir / 'config.json'}: a {raw['_class_name']}, "
+                              "only UNet2DModel teachers are supported")
     unet_config = {"family": "diffusers-unet2d",
                    **{k: v for k, v in raw.items() if not k.startswith(BOOKKEEPING_PREFIX)}}
     diffusion = scheduler_to_diffusion(_read_json(scheduler_file), where=str(scheduler_file))
@@ -134,7 +136,8 @@ def read_diffusers_teacher(path: str | os.PathLike[str]) -> DiffusersTeacher:
                               f"{diffusion['steps']}; the timestep conventions disagree")
     out_channels, in_channels = raw.get("out_channels", 3), raw.get("in_channels", 3)
     if diffusion["learn_sigma"] != (out_channels == 2 * in_channels):
-        raise CheckpointError(f"{scheduler_file}: variance_type {'learned_range' if diffusion['learn_sigma'] else 'fixed'}"
+        raise CheckpointError(f"{scheduler_file}: variance_type "
+                              f"{'learned_range' if diffusion['learn_sigma'] else 'fixed'}"
                               f" but the UNet outputs {out_channels} channels for {in_channels} input channels")
     weights = path if path.is_file() else unet_dir / WEIGHTS
     if not weights.is_file():

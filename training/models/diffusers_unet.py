@@ -57,7 +57,8 @@ def check_unet2d_config(config: Mapping[str, Any]) -> dict[str, Any]:
         with torch.device("meta"):
             cls(**kwargs)
     except (TypeError, ValueError, AssertionError) as err:
-        raise ValueError(f"UNet2DModel refuses this config: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"UNet2DModel refuses this config: {first_line}") from None
     full = {name: params[name].default for name in allowed if params[name].default is not inspect.Parameter.empty}
     return json.loads(json.dumps({**full, **kwargs}, default=list))
 

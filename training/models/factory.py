@@ -34,5 +34,6 @@ def create_model(config: ModelConfig | Mapping[str, Any]) -> nn.Module:
     try:
         builder = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as err:
-        raise ValueError(f"family: {cfg.family!r} needs {module_name}.{class_name}, which is not available ({err})") from None
+        raise ValueError(f"family: {cfg.family!r} needs {module_name}.{class_name}, "
+                         f"which is not available ({err})") from None
     return builder.from_config(cfg.to_dict())

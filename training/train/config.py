@@ -28,7 +28,8 @@ class TrainConfig(BaseModel):
     log_every: int = Field(50, gt=0)
     eval_every: int | None = Field(None, gt=0)
     select_metric: str | None = Field(None, description="keep the checkpoint with the lowest value of this metric")
-    early_stop_patience: int | None = Field(None, gt=0, description="stop after this many evaluations without improvement")
+    early_stop_patience: int | None = Field(
+        None, gt=0, description="stop after this many evaluations without improvement")
     checkpoint_every: int | None = Field(None, gt=0)
 
     @model_validator(mode="after")

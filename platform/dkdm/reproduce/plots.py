@@ -45,7 +45,7 @@ def curves(results: Results, path: Path, variants: list[str]) -> Path | None:
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, (metric, column, name_attr) in zip(axes, PANELS, strict=False):
+    for ax, (_metric, column, name_attr) in zip(axes, PANELS, strict=False):
         for variant in variants:
             curve = results.variants[variant].mean_curve(column)
             if not curve:

@@ -40,7 +40,8 @@ def load(settings: Settings):
     dataset = load_dataset(name_or_path, root=root, image_size=data.image_size, split=data.split, limit=data.limit)
     if dataset.channels != data.channels or dataset.image_size != data.image_size:
         raise DkdmError(f"data.channels/image_size: the dataset has {dataset.channels}x{dataset.image_size}x"
-                        f"{dataset.image_size} images, the profile says {data.channels}x{data.image_size}x{data.image_size}")
+                        f"{dataset.image_size} images, the profile says "
+                        f"{data.channels}x{data.image_size}x{data.image_size}")
     return dataset
 
 

@@ -125,7 +125,8 @@ def run(ctx: Context, run_name: str, *, allowed: tuple[str, ...] | None) -> None
     stage = "distill" if spec.method in POOL_METHODS else "train"
     with start_run(settings, stage=stage, run_name=f"{run_name}-{preset}", method=spec.method, student=preset,
                    tags={**md5_tags(None), "dkdm.run": run_name, "dkdm.space": space.name},
-                   resume_state=resume_state_file(settings, f"student-{run_name}", preset, config, identity)) as tracker:
+                   resume_state=resume_state_file(settings, f"student-{run_name}", preset, config,
+                                                  identity)) as tracker:
         result = train_network(
             ctx, space, name=f"student-{run_name}", preset=preset, config=config, out_file=out_file, tracker=tracker,
             loss_csv=CURVES_DIR / f"{run_name}.csv", extra_key=identity,

@@ -56,7 +56,8 @@ def run_key(name: str, config: DistillConfig, extra: Mapping[str, Any]) -> str:
 def training_folder(space: Space, name: str, preset: str, config: DistillConfig,
                     extra_key: Mapping[str, Any] | None) -> Path:
     """Where train_network keeps the resume state of this exact run (not created here)."""
-    return WORK_DIR / run_key(name, config, {"preset": preset, "diffusion": space.diffusion_config(), **(extra_key or {})})
+    return WORK_DIR / run_key(name, config,
+                              {"preset": preset, "diffusion": space.diffusion_config(), **(extra_key or {})})
 
 
 def resume_state_file(settings: Settings, name: str, preset: str, config: DistillConfig,
@@ -116,7 +117,8 @@ def train_network(
         config, student=student, student_diffusion=diffusion, image_shape=space.model_shape(), device=ctx.device,
         teacher=teacher, teacher_diffusion=diffusion if teacher is not None else None, pool_path=pool_path,
         real_images=real_images, synthetic_images=synthetic_images, encode=encode, out_dir=folder, tracker=log,
-        eval_fn=eval_fn, run_meta={"name": name, "preset": preset, "space": space.name, RUN_ID_KEY: getattr(tracker, "run_id", "")},
+        eval_fn=eval_fn,
+        run_meta={"name": name, "preset": preset, "space": space.name, RUN_ID_KEY: getattr(tracker, "run_id", "")},
     )
     resumed = trainer.resume_if_possible()
     start_step = trainer.step
