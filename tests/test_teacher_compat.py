@@ -83,7 +83,8 @@ def test_a_teacher_of_another_T_is_refused_by_every_stage(project, stage):
 
 @pytest.mark.parametrize("change, named", [
     ({"noise_schedule": "linear"}, ("schedule=cosine", "diffusion.noise_schedule = linear")),
-    ({"learn_sigma": False}, ("variance=learned", "= fixed-large")),
+    # The profile itself is refused first: its teacher preset learns the variance and the process does not.
+    ({"learn_sigma": False}, ("learn_sigma=True", "diffusion.learn_sigma is False")),
     ({"predict_xstart": True}, ("prediction=eps", "diffusion.predict_xstart = x0")),
 ])
 def test_schedule_and_variance_mismatches_are_named(project, change, named):
