@@ -12,9 +12,6 @@ from typing import Any
 
 import yaml
 
-# Sections DVC reads (dvc.yaml `params:`); where and how runs happen (runtime, tracking, tune) stay as written.
-DVC_SECTIONS = ("profile", "data", "diffusion", "teacher", "features", "reference", "distill", "evaluate")
-
 
 def _plain(value: Any) -> Any:
     if hasattr(value, "model_dump"):
@@ -55,10 +52,13 @@ def completed(text: str, dvc_file: Path = Path("dvc.yaml")) -> str | None:
     from dkdm.settings import Settings
 
     mine = yaml.safe_load(text) or {}
-    if all(_has(mine, name) for name in dvc_params(dvc_file)):
+    names = dvc_params(dvc_file)
+    if all(_has(mine, name) for name in names):
         return None
     merged = dict(mine)
-    for name in DVC_SECTIONS:
+    # Only the top-level keys DVC reads (sections and scalars such as `space`), taken from dvc.yaml itself so a
+    # new stage parameter needs no edit here; where and how runs happen (runtime, tracking, tune) stay as written.
+    for name in dict.fromkeys(dotted.split(".")[0] for dotted in names):
         default = _plain(Settings.model_fields[name].get_default(call_default_factory=True))
         merged[name] = _merge(default, mine.get(name)) if name in mine else default
     header = "# Written by `dkdm profile use` from a shorter profile: the defaults DVC needs are filled in.\n"
