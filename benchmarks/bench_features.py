@@ -36,7 +36,7 @@ def main() -> None:
     rgb = synthetic.shapes(512, 16, seed=0)
     cases = [("digits, ci (labels)", digits.images[:256], digits.labels[:256], 2),
              ("digits, default (labels)", digits.images, digits.labels, 30),
-             ("16x16x3 npz, ci-own16 (no labels)", rgb[:256], None, 10)]
+             ("16x16x3 npz, own data (no labels)", rgb[:256], None, 10)]
     print(f"torch threads: {args.threads}\n\n| data | images | epochs | objective | train s | held-out score |")
     print("|---|---:|---:|---|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:

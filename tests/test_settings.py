@@ -114,9 +114,14 @@ def test_run_source_must_match_its_method(workdir):
     assert METHOD_SOURCES["data_free"] == "outputs/reference"
 
 
-# A user's own 16x16 RGB .npz with matching presets; features.kind stays the default's 'digits'.
+# A user's own 16x16 RGB .npz with a teacher and student written inline (the README's "Your own data" example);
+# features.kind stays the default's 'digits'.
 OWN_RGB16 = {"data.dataset": "npz", "data.path": "own.npz", "data.image_size": 16, "data.channels": 3,
-             "teacher.preset": "ci-rgb16-teacher", "distill.student": "ci-rgb16-student"}
+             "teacher.preset": {"family": "adm-unet", "image_size": 16, "in_channels": 3, "num_channels": 32,
+                                "num_res_blocks": 1, "channel_mult": [1], "attention_resolutions": "",
+                                "learn_sigma": True},
+             "distill.student": {"family": "dit", "input_size": 16, "patch_size": 4, "in_channels": 3,
+                                 "hidden_size": 32, "depth": 2, "num_heads": 2, "learn_sigma": True}}
 BAD_VALUES = [
     ({"distill.rho": -0.1}, "distill.rho", "-0.1"),
     ({"distill.rho": 0}, "distill.rho", "0"),
@@ -208,3 +213,16 @@ def test_settings_is_the_only_entry(workdir):
     s = load_settings(Path("params.yaml"))
     assert isinstance(s, Settings)
     assert s.for_log()["distill"]["rho"] == 0.2
+
+
+def test_readme_own_data_example_validates(workdir):
+    """The README's "Your own data" profile (`ci` with its sections changed) loads: inline 16x16x3 architectures."""
+    section = (REPO / "README.md").read_text().split("### Your own data", 1)[1]
+    example = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    profile = yaml.safe_load((profiles.packaged_dir() / "ci.yaml").read_text())
+    for key, value in example.items():
+        profile[key] = {**profile[key], **value}
+    (workdir / "params.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    settings = load_settings(Path("params.yaml"))
+    assert settings.features.kind == "learned" and settings.data.image_size == 16
+    assert settings.teacher.preset.startswith("inline-adm-unet-") and settings.distill.student.startswith("inline-dit-")

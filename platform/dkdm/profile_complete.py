@@ -12,9 +12,6 @@ from typing import Any
 
 import yaml
 
-# Sections DVC reads (dvc.yaml `params:`); where and how runs happen (runtime, tracking, tune) stay as written.
-DVC_SECTIONS = ("profile", "data", "diffusion", "teacher", "features", "reference", "distill", "evaluate")
-
 
 def _plain(value: Any) -> Any:
     if hasattr(value, "model_dump"):
@@ -62,14 +59,15 @@ def completed(text: str, dvc_file: Path = Path("dvc.yaml")) -> str | None:
     from dkdm.settings import Settings
 
     mine = yaml.safe_load(text) or {}
-    needed = [*dvc_params(dvc_file), "space", "pipeline.first_stage", "pipeline.first_stage_out"]
-    if all(_has(mine, name) for name in needed):
+    names = dvc_params(dvc_file)
+    if all(_has(mine, name) for name in [*names, "pipeline.first_stage", "pipeline.first_stage_out"]):
         return None
     merged = dict(mine)
-    space = str(mine.get("space", "pixel"))
-    merged["space"] = space
-    merged["pipeline"] = _pipeline(space, mine.get("pipeline"))
-    for name in DVC_SECTIONS:
+    # dvc.yaml builds its stage graph from `pipeline` (a foreach and a dependency, not params), set by `space`.
+    merged["pipeline"] = _pipeline(str(mine.get("space", "pixel")), mine.get("pipeline"))
+    # Only the top-level keys DVC reads (sections and scalars such as `space`), taken from dvc.yaml itself so a
+    # new stage parameter needs no edit here; where and how runs happen (runtime, tracking, tune) stay as written.
+    for name in dict.fromkeys(dotted.split(".")[0] for dotted in names):
         default = _plain(Settings.model_fields[name].get_default(call_default_factory=True))
         merged[name] = _merge(default, mine.get(name)) if name in mine else default
     header = "# Written by `dkdm profile use` from a shorter profile: the defaults DVC needs are filled in.\n"

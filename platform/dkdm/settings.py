@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSett
 from dkdm.architectures import ArchSpec
 from dkdm.errors import DkdmError, one_line
 from dkdm.settings_latent import LatentSettings
-from dkdm.settings_pipeline import PipelineSettings, check_pipeline
+from dkdm.settings_pipeline import PipelineSettings, check_pipeline, with_pipeline_defaults
 from dkdm.tuning.config import TuneSettings
 from dkdm.yaml_files import load_mapping
 from training.diffusion.config import DiffusionConfig
@@ -230,6 +230,11 @@ class Settings(BaseSettings):
     tracking: TrackingSettings = TrackingSettings()
     tune: TuneSettings = TuneSettings()
     pipeline: PipelineSettings = PipelineSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pipeline_from_space(cls, values: Any) -> Any:
+        return with_pipeline_defaults(values) if isinstance(values, dict) else values
 
     @model_validator(mode="before")
     @classmethod

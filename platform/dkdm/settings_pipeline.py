@@ -8,7 +8,7 @@ they agree with `space`.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,3 +35,12 @@ def check_pipeline(space: str, pipeline: PipelineSettings) -> None:
     if pipeline.first_stage_out is not None and pipeline.first_stage_out != FIRST_STAGE_OUT[space]:
         raise ValueError(f"pipeline.first_stage_out: a {space} profile reads {FIRST_STAGE_OUT[space]!r} "
                          f"(got {pipeline.first_stage_out!r})")
+
+
+def with_pipeline_defaults(values: dict[str, Any]) -> dict[str, Any]:
+    """Raw settings whose `pipeline` keys the profile left out, filled in from `space` (a user's short profile)."""
+    space, pipeline = values.get("space", "pixel"), values.get("pipeline")
+    if space not in FIRST_STAGE or not (pipeline is None or isinstance(pipeline, dict)):
+        return values  # a bad space or section is reported by validation, with its field name
+    defaults = {"first_stage": FIRST_STAGE[space], "first_stage_out": FIRST_STAGE_OUT[space]}
+    return {**values, "pipeline": {**defaults, **(pipeline or {})}}

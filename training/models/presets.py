@@ -121,14 +121,8 @@ _PRESETS: tuple[Preset, ...] = (
            "smallest ADM UNet (digits shape), for the CI pipeline"),
     Preset("ci-student", "dit", _dit(8, 2, 32, 2, 2, in_channels=1), None, 50_152, 49_640,
            "tiny DiT student (digits shape), for the CI pipeline"),
-    # 16×16 RGB at CI size: the end-to-end test of a user's own unlabelled .npz (features.kind: learned).
-    Preset("ci-rgb16-teacher", "adm-unet",
-           {**_digits_adm(32, 1, [1], ""), "image_size": 16, "in_channels": 3, "out_channels": 6},
-           None, 184_838, 184_838,
-           "smallest ADM UNet on 16x16 RGB, for the bring-your-own-data CI pipeline"),
-    Preset("ci-rgb16-student", "dit", _dit(16, 4, 32, 2, 2), None, 54_464, 53_952,
-           "tiny DiT student on 16x16 RGB, for the bring-your-own-data CI pipeline"),
 )
+
 
 def _latent_presets() -> tuple[Preset, ...]:
     # One registry for every family: the latent tables live beside their models, so they are folded in here.
