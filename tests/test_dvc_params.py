@@ -49,12 +49,27 @@ SHRINK = {
 }
 
 
-def dvc_stages(runs: list[str]) -> dict[str, tuple[list[str], set[str]]]:
-    """Every stage of dvc.yaml, foreach expanded: name -> (the `dkdm` arguments of its cmd, its declared params)."""
+def foreach_items(name: str, expression: str, params: dict) -> list[tuple[str, dict[str, str]]]:
+    """DVC's foreach over a params value: a mapping gives ${key} per key, a list ${item} per element."""
+    value = params
+    for part in expression.strip("${} ").split("."):
+        value = value[part]
+    if isinstance(value, dict):
+        return [(f"{name}@{key}", {"${key}": key}) for key in value]
+    return [(f"{name}@{item}", {"${item}": str(item)}) for item in value]
+
+
+def profile_params(profile: str) -> dict:
+    return yaml.safe_load((profiles.packaged_dir() / f"{profile}.yaml").read_text())
+
+
+def dvc_stages(params: dict) -> dict[str, tuple[list[str], set[str]]]:
+    """Every stage of dvc.yaml, foreach expanded over `params` (the active params.yaml): name -> (the `dkdm`
+    arguments of its cmd, its declared params)."""
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
     stages: dict[str, tuple[list[str], set[str]]] = {}
     for name, body in spec["stages"].items():
-        items = [(f"{name}@{key}", {"${key}": key}) for key in runs] if "foreach" in body else [(name, {})]
+        items = foreach_items(name, body["foreach"], params) if "foreach" in body else [(name, {})]
         body = body.get("do", body)
         for stage, subst in items:
             def fill(text: str, subst: dict[str, str] = subst) -> str:
@@ -80,9 +95,8 @@ def record_pipeline(profile: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("DKDM_RUNTIME__PROGRESS", "false")
     for key, value in SHRINK[profile].items():
         monkeypatch.setenv(key, value)
-    runs = list(yaml.safe_load((tmp_path / "params.yaml").read_text())["distill"]["runs"])
     reads: dict[str, set[str]] = {}
-    for stage, (args, _) in dvc_stages(runs).items():
+    for stage, (args, _) in dvc_stages(profile_params(profile)).items():
         with monkeypatch.context() as patch, recording(patch) as recorder:
             result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, f"{profile} {stage}: {result.output[-2000:]}"
@@ -101,10 +115,9 @@ def recorded(tmp_path_factory) -> dict[str, dict[str, set[str]]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("profile", list(SHRINK))
 def test_every_setting_a_stage_reads_is_among_its_params(recorded, profile):
-    runs = list(yaml.safe_load((profiles.packaged_dir() / f"{profile}.yaml").read_text())["distill"]["runs"])
     missing = {
         stage: sorted(r for r in recorded[profile][stage] if not any(covers(p, r) for p in declared))
-        for stage, (_, declared) in dvc_stages(runs).items()
+        for stage, (_, declared) in dvc_stages(profile_params(profile)).items()
     }
     missing = {stage: keys for stage, keys in missing.items() if keys}
     assert not missing, f"{profile}: stages read settings dvc.yaml does not declare: {missing}"
@@ -114,8 +127,7 @@ def test_every_setting_a_stage_reads_is_among_its_params(recorded, profile):
 def test_every_param_of_a_stage_is_read_by_it(recorded):
     unread: dict[str, list[str]] = {}
     for profile, reads in recorded.items():
-        runs = list(yaml.safe_load((profiles.packaged_dir() / f"{profile}.yaml").read_text())["distill"]["runs"])
-        for stage, (_, declared) in dvc_stages(runs).items():
+        for stage, (_, declared) in dvc_stages(profile_params(profile)).items():
             generic = stage.split("@")[0]
             # foreach stages: a param is justified if the stage reads it for some run (keys differ per run).
             for param in declared:
@@ -127,7 +139,9 @@ def test_every_param_of_a_stage_is_read_by_it(recorded):
 
 
 def test_dvc_stages_expand_foreach_and_substitute_the_run():
-    stages = dvc_stages(["dynamic"])
+    stages = dvc_stages(profile_params("latent-ci"))
+    assert stages["first_stage@autoencoder"][0] == ["autoencoder"]
+    assert "first_stage@autoencoder" not in dvc_stages(profile_params("ci"))
     args, declared = stages["distill@dynamic"]
     assert args == ["distill", "--run", "dynamic"]
     assert "distill.runs.dynamic" in declared and not any("${" in p for p in declared)

@@ -159,6 +159,15 @@ def base_distill_config(settings: Settings) -> DistillConfig:
                          pool_dtype=d.pool_dtype, clip_denoised=d.clip_denoised)
 
 
+def pool_distill_config(settings: Settings) -> DistillConfig:
+    """Only what preparing a dynamic run's pool reads (rho, batch, seed, precision and the teacher's step), so the
+    pool stage does not depend on the learning rate or the iteration budget; its `pool_config()` is the pool."""
+    d = settings.distill
+    return DistillConfig(method="dynamic", rho=d.rho, batch_size=d.train.batch_size, seed=d.train.seed,
+                         precision=d.train.precision, teacher_batch_size=d.teacher_batch_size,
+                         pool_dtype=d.pool_dtype, clip_denoised=d.clip_denoised)
+
+
 def periodic_fd_teacher(ctx: Context, config: DistillConfig) -> tuple[FeatureExtractor, ReferenceStats, str]:
     """(extractor, the teacher's D' statistics, the FD' metric name) for a student's periodic evaluation: it is
     scored against D', never against real data, so selecting on it keeps the student data-free."""

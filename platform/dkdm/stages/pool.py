@@ -15,10 +15,10 @@ from dkdm.console import Context, summary
 from dkdm.spaces import space_for
 from dkdm.stages.common import (
     POOL_FILE,
-    base_distill_config,
     clear_work_dir,
     keyed_work_dir,
     md5_tags,
+    pool_distill_config,
     teacher_fingerprint,
 )
 from dkdm.teacher_compat import check_teacher_compat
@@ -33,7 +33,7 @@ def run(ctx: Context, *, out: Path | None = None) -> None:
     check_teacher_compat(settings)  # before anything is written: a teacher of another T refused in one line
     d = settings.distill
     space = space_for(settings)
-    base = base_distill_config(settings)
+    base = pool_distill_config(settings)
     config = base.pool_config()
     teacher, diffusion = space.load_teacher(ctx.device)
     shape = space.model_shape()
