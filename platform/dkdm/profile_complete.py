@@ -47,16 +47,10 @@ def _has(data: Any, dotted: str) -> bool:
     return True
 
 
-def _pipeline(space: str, mine: Any) -> dict[str, Any]:
-    """dvc.yaml builds its stage graph from `pipeline` (a foreach and a dependency), which follows from `space`."""
-    from dkdm.settings_pipeline import FIRST_STAGE, FIRST_STAGE_OUT
-
-    return {"first_stage": FIRST_STAGE[space], "first_stage_out": FIRST_STAGE_OUT[space], **(mine or {})}
-
-
 def completed(text: str, dvc_file: Path = Path("dvc.yaml")) -> str | None:
     """params.yaml text for a profile that lacks some DVC parameters (None when it already has them all)."""
     from dkdm.settings import Settings
+    from dkdm.settings_pipeline import with_pipeline_defaults
 
     mine = yaml.safe_load(text) or {}
     names = dvc_params(dvc_file)
@@ -64,7 +58,7 @@ def completed(text: str, dvc_file: Path = Path("dvc.yaml")) -> str | None:
         return None
     merged = dict(mine)
     # dvc.yaml builds its stage graph from `pipeline` (a foreach and a dependency, not params), set by `space`.
-    merged["pipeline"] = _pipeline(str(mine.get("space", "pixel")), mine.get("pipeline"))
+    merged["pipeline"] = with_pipeline_defaults(mine)["pipeline"]
     # Only the top-level keys DVC reads (sections and scalars such as `space`), taken from dvc.yaml itself so a
     # new stage parameter needs no edit here; where and how runs happen (runtime, tracking, tune) stay as written.
     for name in dict.fromkeys(dotted.split(".")[0] for dotted in names):

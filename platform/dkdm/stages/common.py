@@ -152,11 +152,9 @@ def make_extractor(settings: Settings, device: torch.device, classifier: Path = 
 
 
 def base_distill_config(settings: Settings) -> DistillConfig:
-    """The profile's distillation settings as the training side's config of a dynamic run; its `pool_config()` is
-    the one place a PoolConfig is built from settings (the pool stage and `dkdm tune` both use it)."""
-    d = settings.distill
-    return DistillConfig(**d.train.model_dump(), method="dynamic", rho=d.rho, teacher_batch_size=d.teacher_batch_size,
-                         pool_dtype=d.pool_dtype, clip_denoised=d.clip_denoised)
+    """The profile's distillation settings as the training side's config of a dynamic run: the pool's part
+    (pool_distill_config) plus every trainer setting of distill.train."""
+    return pool_distill_config(settings).model_copy(update=settings.distill.train.model_dump())
 
 
 def pool_distill_config(settings: Settings) -> DistillConfig:
