@@ -51,7 +51,8 @@ def data_cmd(profile: ProfileOpt = None) -> None:
 @app.command("autoencoder")
 @handles_errors
 def autoencoder_cmd(profile: ProfileOpt = None) -> None:
-    """Latent profiles: train (or import) the first stage; pixel profiles: record that there is none."""
+    """Train (or import) the first stage of a latent profile (dvc.yaml: `first_stage@autoencoder`); a pixel profile has
+    none and is refused."""
     from dkdm.stages import autoencoder
 
     autoencoder.run(context(profile))
