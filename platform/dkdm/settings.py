@@ -43,6 +43,13 @@ class RuntimeSettings(Section):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (None = torch's default)")
     progress: bool = Field(True, description="rich progress bars on long work")
+    # One job over many processes (dkdm.launch): a command whose profile asks for more than one process launches
+    # itself through torch's elastic launcher, as `torchrun` would; under a torchrun the user typed, torchrun wins.
+    nproc_per_node: int = Field(1, ge=1, description="processes per node (one per GPU); > 1 launches via torchrun")
+    nnodes: int = Field(1, ge=1, description="nodes of the job; > 1 needs rdzv_endpoint")
+    rdzv_endpoint: str | None = Field(None, description="host:port of the c10d rendezvous (multi-node jobs)")
+    rdzv_id: str = Field("dkdm", min_length=1, description="rendezvous id shared by every node of one job")
+    max_restarts: int = Field(0, ge=0, description="elastic restarts of the whole job after a rank fails")
 
     @field_validator("device")
     @classmethod
@@ -50,6 +57,17 @@ class RuntimeSettings(Section):
         if value not in ("auto", "cpu", "cuda", "mps") and not value.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _rendezvous(self) -> RuntimeSettings:
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError(f"runtime.nnodes is {self.nnodes}: set runtime.rdzv_endpoint (host:port) for the nodes "
+                             "to meet")
+        return self
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
 
 
 class DataSettings(Section):
