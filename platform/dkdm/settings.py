@@ -77,6 +77,9 @@ class DataSettings(Section):
     image_size: int = Field(8, gt=0)
     channels: Literal[1, 3] = 1
     limit: int | None = Field(None, gt=0, description="use only the first N images (smoke tests)")
+    random_flip: bool = Field(False, description="baselines trained on images (data_free / data_limited / "
+                              "data_based) mirror each one left-right with p = 1/2 per step, as the official code; "
+                              "DKDM never (its sources hold no images); never for digits")
 
     @field_validator("dataset")
     @classmethod
@@ -89,6 +92,8 @@ class DataSettings(Section):
     def _path_needed(self) -> DataSettings:
         if self.dataset != "digits" and self.path is None:
             raise ValueError(f"path: dataset {self.dataset!r} needs data.path (its files are never downloaded)")
+        if self.random_flip and self.dataset == "digits":
+            raise ValueError("random_flip: a mirrored digit is another glyph; digits are never flipped")
         return self
 
 
@@ -166,7 +171,7 @@ class DistillSettings(Section):
         return self.runs[run].student or self.student
 
     def config_for(self, run: str, *, synthetic_size: int | None = None,
-                   synthetic_respacing: str = "") -> DistillConfig:
+                   synthetic_respacing: str = "", random_flip: bool = False) -> DistillConfig:
         """The training-side config of one run (the object the trainer receives).
 
         `rho` stays out: a dynamic run trains from the pool stage's file, which carries its own rho, so the runs
@@ -183,6 +188,7 @@ class DistillSettings(Section):
             data_fraction=spec.data_fraction if spec.method == "data_limited" else None,
             synthetic_size=synthetic_size if spec.method in DATASET_METHODS else None,
             synthetic_respacing=synthetic_respacing,
+            random_flip=random_flip and spec.method in DATASET_METHODS,
         )
 
 

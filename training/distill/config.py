@@ -46,6 +46,7 @@ class DistillConfig(TrainConfig):
     data_fraction: float | None = Field(None, gt=0, lt=1, description="real fraction P for data_limited")
     synthetic_size: int | None = Field(None, gt=0, description="synthetic set size (default: real set size)")
     synthetic_respacing: str = Field("", description="teacher sampling steps for the synthetic set ('' = all T)")
+    random_flip: bool = Field(False, description="baselines: mirror each training image left-right with p = 1/2")
 
     @model_validator(mode="after")
     def _method_fields(self) -> DistillConfig:
@@ -55,6 +56,9 @@ class DistillConfig(TrainConfig):
             raise ValueError(f"data_fraction only applies to method 'data_limited', not {self.method!r}")
         if self.discard_prob > 0 and self.method not in POOL_METHODS:
             raise ValueError(f"discard_prob only applies to {POOL_METHODS}, not {self.method!r}")
+        if self.random_flip and self.method in POOL_METHODS:
+            # DKDM's sources hold no images: the teacher's states are never augmented (the official code).
+            raise ValueError(f"random_flip only applies to {DATASET_METHODS}, not {self.method!r}")
         return self
 
     def pool_config(self) -> PoolConfig:

@@ -127,6 +127,7 @@ def source_and_loss(
         images, T, batch_size=config.batch_size, device=dev,
         generator=make_generator("cpu", config.seed, "data", ctx.rank),
         noise_generator=make_generator(dev, config.seed, "noise", ctx.rank), encode=per_batch,
+        random_flip=config.random_flip,
     )
     return source, hybrid_loss_fn(diffusion)
 

@@ -190,10 +190,14 @@ class DatasetSource:
     `images` are uint8 in [0, 255] or float in [-1, 1], shape (N, C, H, W); they stay where they are and only
     each batch moves to `device`. With `encode` (latent data-based training) each batch is encoded under no_grad
     before t and noise are drawn for it, as LDM's training does every step; `stats()` counts the encoded images.
+    With `random_flip` each sample of each batch is mirrored left-right with probability 1/2 (before encoding), the
+    augmentation of the official baselines' image loader; the draw comes from `generator`, so it is seeded and
+    resumes with the source's state. Off, nothing extra is drawn and the batch stream is unchanged.
     """
 
     def __init__(self, images: Tensor, num_timesteps: int, *, batch_size: int, device: torch.device,
-                 generator: torch.Generator, noise_generator: torch.Generator, encode: Encoder | None = None) -> None:
+                 generator: torch.Generator, noise_generator: torch.Generator, encode: Encoder | None = None,
+                 random_flip: bool = False) -> None:
         if images.ndim != 4 or images.shape[0] == 0:
             raise ValueError(f"dataset must be a non-empty (N, C, H, W) tensor, got shape {tuple(images.shape)}")
         self.images = images
@@ -203,6 +207,8 @@ class DatasetSource:
         self.generator = generator
         self.noise_generator = noise_generator
         self.encode = encode
+        self.random_flip = random_flip
+        self.flipped = 0
         self._order = torch.randperm(images.shape[0], generator=generator)
         self._position = 0
         self.epochs = 0
@@ -224,6 +230,10 @@ class DatasetSource:
     def next_batch(self) -> DataBatch:
         x = self.images[self._take(self.batch_size)].to(self.device, non_blocking=True)
         x = x.float() / 127.5 - 1.0 if x.dtype == torch.uint8 else x.float()
+        if self.random_flip:
+            mirror = (torch.rand(x.shape[0], generator=self.generator) < 0.5).to(self.device)
+            x = torch.where(mirror[:, None, None, None], x.flip(-1), x)
+            self.flipped += int(mirror.sum())
         if self.encode is not None:
             with torch.no_grad():
                 x = self.encode(x).float()
@@ -237,6 +247,8 @@ class DatasetSource:
         stats = {"epochs": float(self.epochs)}
         if self.encode is not None:
             stats["encoded_images"] = float(self.encoded)
+        if self.random_flip:
+            stats["flipped_images"] = float(self.flipped)
         return stats
 
     def state_tensors(self) -> dict[str, Tensor]:

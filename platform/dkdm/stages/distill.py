@@ -115,7 +115,7 @@ def run(ctx: Context, run_name: str, *, allowed: tuple[str, ...] | None) -> None
     space = space_for(settings)
     spec = run_spec(settings, run_name, allowed)
     preset = settings.distill.student_for(run_name)
-    config = settings.distill.config_for(run_name)
+    config = settings.distill.config_for(run_name, random_flip=settings.data.random_flip)
     eval_fn = early_stop_metric(ctx, space, config)  # built before the counters: it decodes, it never encodes
     first_stage = space.first_stage(ctx.device)
     counters = {} if first_stage is None else {"encoder": CallCounter(first_stage.encoder),
