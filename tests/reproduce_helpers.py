@@ -15,7 +15,8 @@ MEANS = {"dynamic": (3.0, 1.0), "data_free": (6.0, 4.0), "data_based": (2.0, 0.8
 def synthetic_experiment(root: Path) -> ExperimentParams:
     """The CI definition with four of its variants in `root`, every seed scored, and the teacher's evaluation."""
     text = (EXPERIMENT / "params-ci.yaml").read_text().replace("../../platform/dkdm/configs/ci.yaml", "ci")
-    text = text.replace("variants: [dynamic, data_free]", "variants: [dynamic, data_free, data_based, rho_0p1]")
+    text = text.replace("variants: [dynamic, data_free, dit_dynamic, dit_data_free]",
+                        "variants: [dynamic, data_free, data_based, rho_0p1]")
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(text)
     params = read_params(root)
@@ -34,7 +35,8 @@ def synthetic_experiment(root: Path) -> ExperimentParams:
     teacher.parent.mkdir(parents=True)
     teacher.write_text(json.dumps({
         "num_samples": 48, "sampling_steps": 5, "metric_fd": "fd_digits", "metric_fd_teacher": "fd_digits_teacher",
-        "metric_noise_floor": "fd_digits_noise_floor",
-        "seeds": [{"seed": s, "fd_digits": 2.5, "fd_digits_teacher": 0.5, "fd_digits_noise_floor": 0.3}
+        "metric_noise_floor": "fd_digits_noise_floor", "metric_noise_floor_teacher": "fd_digits_teacher_noise_floor",
+        "seeds": [{"seed": s, "fd_digits": 2.5, "fd_digits_teacher": 0.5, "fd_digits_noise_floor": 0.3,
+                   "fd_digits_teacher_noise_floor": 0.5}
                   for s in params.experiment.seeds]}))
     return params

@@ -99,12 +99,34 @@ def test_shipped_definitions_validate(name):
     params = read_params(EXPERIMENT, name)
     exp = params.experiment
     assert "dynamic" in exp.variants and len(exp.seeds) >= 2
-    if name == "params.yaml":
-        assert len(exp.seeds) == 3 and set(exp.variants) >= {"dynamic", "shuffled", "iterative", "data_free",
-                                                               "data_based"}
-        assert sorted(exp.variant_specs[v].rho for v in exp.rho_sweep) == [0.01, 0.05, 0.1, 0.4]
+    if name != "params-ci.yaml":
+        assert len(exp.seeds) >= 5 and set(exp.variants) >= {"dynamic", "shuffled", "iterative", "data_free",
+                                                               "data_based", "dit_dynamic", "dit_data_free",
+                                                               "pool_k25", "pool_k10"}
+        assert {exp.variant_specs[v].rho for v in exp.rho_sweep} >= {0.05, 0.1, 0.4}
+        assert exp.variant_specs["pool_k10"].settings == {"distill": {"pool_prep": {"procedure": "respaced",
+                                                                                    "steps": 10}}}
         train = params.settings["distill"]["train"]
-        assert train["iterations"] == 4000 and train["eval_every"] * 8 == train["iterations"]  # 8 curve points
+        # every budget falls on a curve point: the verdicts compare at recorded steps
+        assert all((b * train["iterations"]) % train["eval_every"] == 0 for b in exp.budgets)
+    if name == "params.yaml":
+        assert train["iterations"] == 1600 and train["eval_every"] * 8 == train["iterations"]  # 8 curve points
+    if name == "params-cifar10.yaml":
+        assert params.settings["distill"]["train"]["select_metric"] == "fid_teacher"  # Table 2's best FID'
+
+
+def test_a_variant_brings_its_own_settings(tmp_path):
+    """The DiT pair trains another student through its own settings; everything else stays the experiment's."""
+    from dkdm.reproduce.params import distill_config, experiment_settings
+
+    params = read_params(EXPERIMENT, "params.yaml")
+    base = experiment_settings(params, EXPERIMENT, tracking={"enabled": False})
+    dit = experiment_settings(params, EXPERIMENT, "dit_dynamic", tracking={"enabled": False})
+    assert (base.distill.student, dit.distill.student) == ("digits-student", "digits-dit-student")
+    assert dit.distill.train == base.distill.train
+    config = distill_config(dit, params.experiment.variant_specs["dit_dynamic"], 3)
+    assert (config.method, config.rho, config.seed, config.iterations) == ("dynamic", 0.4, 3, 1600)
+    assert not config.random_flip  # digits: never flipped
 
 
 def test_bad_definition_is_one_line(tmp_path):
@@ -176,14 +198,23 @@ def test_report_on_synthetic_grid(tmp_path, monkeypatch):
 
     verdicts = {k: v["verdict"] for k, v in data["verdicts"].items()}
     assert verdicts == {"dynamic_vs_data_free": "reproduced", "variant_order": "inconclusive", "rho": "reproduced",
-                        "fd_teacher_approaches": "reproduced", "data_based_upper": "reproduced"}
+                        "fd_teacher_approaches": "reproduced", "data_based_upper": "reproduced",
+                        "any_architecture": "inconclusive"}
+    # the curves halve from the 1/2 budget (step 4) to the end: significant from the first budget on, and staying
+    assert data["verdicts"]["dynamic_vs_data_free"]["first_budget"] == {"dynamic<data_free": "1/2"}
+    assert data["verdicts"]["dynamic_vs_data_free"]["stays"] == {"dynamic<data_free": True}
     assert data["variants"]["dynamic"]["fd"] == pytest.approx(3.0)
     assert data["teacher"]["fd_digits_noise_floor"] == pytest.approx(0.3)
+    assert data["teacher"]["fd_digits_teacher_noise_floor"] == pytest.approx(0.5)
     report = (tmp_path / "outputs" / "report" / "report.md").read_text()
-    assert report.count("| **reproduced**") == 4 and report.count("| **inconclusive**") == 1
-    assert "missing: iterative, shuffled" in report
-    assert "| *noise floor* (two sets of 48 teacher samples)" in report
-    assert "Student/teacher fd_digits_teacher ratio (dynamic): 2.00" in report
+    assert report.count("| **reproduced**") == 4 and report.count("| **inconclusive**") == 2
+    assert "missing: iterative, shuffled" in report and "missing: dit_data_free, dit_dynamic" in report
+    # each metric's floor in its own column
+    assert "the held-out reference) | — | — | 2 | 0.3 ± 0 | 0.5 ± 0 | — |" in report
+    # both sides constant over seeds? no: the student jitters by +-0.005, so the bootstrap interval is narrow
+    assert "Student/teacher fd_digits_teacher ratio (dynamic): 2.00 [1.99, 2.01]" in report
+    assert "| dynamic | 6 ± 0 | 3 ± 0.0635 | 1.45 ± 0 |" in report  # fd at 1/2 and end, mean log fd (ln 6 + ln 3)/2
+    assert "What changed from the first CPU report" in report
     assert "no (-67%)" in report  # curves halve/third over the last quarter: not flat
     for figure in ("fd_curves.png", "scores.png", "rho_sweep.png"):
         assert (tmp_path / "outputs" / "report" / figure).read_bytes()[:4] == b"\x89PNG"
@@ -259,7 +290,14 @@ def test_ci_variant_runs_through_dvc_repro(tmp_path):
     target = root / "experiments" / "reproduce"
     target.mkdir(parents=True)
     shutil.copy(EXPERIMENT / "dvc.yaml", target / "dvc.yaml")
-    shutil.copy(EXPERIMENT / "params-ci.yaml", target / "params.yaml")
+    text = (EXPERIMENT / "params-ci.yaml").read_text()
+    from dkdm.settings import DistillSettings
+
+    pool_prep = "pool_prep" in DistillSettings.model_fields  # the pool-preparation setting (issue 18), once merged
+    if pool_prep:
+        text = text.replace("variants: [dynamic, data_free, dit_dynamic, dit_data_free]",
+                            "variants: [dynamic, data_free, dit_dynamic, dit_data_free, pool_k10]")
+    (target / "params.yaml").write_text(text)
     shutil.copytree(EXPERIMENT / ".dvc", target / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
     # dvc.yaml calls `dkdm` from PATH (the active venv) and params name ../../platform/dkdm/configs/ci.yaml.
     (root / "platform").symlink_to(REPO / "platform")
@@ -274,20 +312,39 @@ def test_ci_variant_runs_through_dvc_repro(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     report = (target / "outputs" / "report" / "report.md").read_text()
-    verdict_lines = sum(report.count(f"| **{v}**") for v in ("reproduced", "not reproduced", "inconclusive"))
-    assert verdict_lines == 5  # one verdict line per claim
     summary = json.loads((target / "outputs" / "report" / "summary.json").read_text())
-    # params-ci.yaml runs dynamic and data_free only; the rho point it names but does not run is reported missing.
+    # one verdict line per claim: the paper's 5, the DiT pair, and one per cheaper pool
+    assert set(summary["verdicts"]) >= {"dynamic_vs_data_free", "any_architecture"}
+    assert len(summary["verdicts"]) == 6 + pool_prep
+    assert "## Verdicts" in report and "## Scores at finite budgets" in report
+    # params-ci.yaml does not run the rho point it names: reported missing.
     assert summary["missing"] == ["rho_0p1-s0", "rho_0p1-s1"] and summary["variants"]["dynamic"]["n"] == 2
     assert summary["verdicts"]["rho"]["verdict"] == "inconclusive"
+    assert summary["verdicts"]["any_architecture"]["first_budget"].keys() == {"dit_dynamic<dit_data_free"}
     assert math.isfinite(summary["teacher"]["fd_digits_noise_floor"])
+    assert math.isfinite(summary["teacher"]["fd_digits_teacher_noise_floor"])
+    # The DiT pair trained the DiT student, the others the profile's.
+    students = {v: json.loads((target / "outputs" / "students" / f"{v}-s0" / "run.json").read_text())["student"]
+                for v in ("dynamic", "dit_data_free")}
+    assert students == {"dynamic": "ci-student", "dit_data_free": "digits-dit-student"}
+    # D' (the data-free training set) and the FD' reference are two independent teacher sets: own seeds, no sample
+    # in common.
+    from training.distill.baselines import load_synthetic
+
+    info = json.loads((target / "outputs" / "heldout" / "info.json").read_text())
+    assert (info["seed"], info["training_set_seed"]) == (1000, 1)
+    train_set = load_synthetic(target / "outputs" / "reference" / "teacher_samples.safetensors")
+    heldout = load_synthetic(target / "outputs" / "heldout" / "teacher_samples.safetensors")
+    assert train_set.shape == heldout.shape
+    assert not (train_set.flatten(1)[:, None] == heldout.flatten(1)[None]).all(-1).any()
     lock = (target / "dvc.lock").read_text()
     assert "student@data_free-1" in lock and "evaluate@dynamic-1" in lock and "report:" in lock
+    assert "heldout:" in lock
     with sqlite3.connect(root / "mlflow.db") as db:
         stages = dict(db.execute("select value, count(*) from tags where key='dkdm.stage' group by value").fetchall())
         scale = db.execute("select t.value from tags t join tags s on t.run_uuid = s.run_uuid where "
                            "s.key='dkdm.stage' and s.value='reproduce' and t.key='dkdm.scale'").fetchall()
-    assert stages["reproduce"] == 1 and stages["distill"] == 2 and stages["train"] == 2
+    assert stages["reproduce"] == 1 and stages["distill"] == 4 + 2 * pool_prep and stages["train"] == 4
     assert scale == [("cpu",)]
 
     # run-all on the same folder: it reruns only what is missing (one evaluation, the report) and commits to DVC,

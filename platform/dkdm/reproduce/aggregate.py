@@ -22,6 +22,8 @@ class VariantResult:
     fd_teacher: list[float] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
     train_seconds: list[float] = field(default_factory=list)
+    setup_seconds: list[float] = field(default_factory=list)   # outside the training loop: the pool's preparation
+    pool_work: list[float] = field(default_factory=list)       # teacher image-steps the pool's preparation spent
     curves: dict[int, list[tuple[int, float, float]]] = field(default_factory=dict)  # seed -> (step, fd, fd')
 
     def interval(self, metric: str, confidence: float) -> Interval:
@@ -59,6 +61,7 @@ class Results:
     teacher: dict[str, list[float]]
     variants: dict[str, VariantResult]
     missing: list[str]
+    metric_noise_floor_teacher: str = ""  # FD' floor: the teacher's fresh samples against the held-out reference
 
 
 def _read_curve(path: Path) -> list[tuple[int, float, float]]:
@@ -74,7 +77,9 @@ def collect(params: ExperimentParams, root: Path, default_rho: float) -> Results
         raise DkdmError(f"{teacher_file} does not exist; run `dkdm reproduce teacher-eval` first (or dvc repro)")
     teacher = json.loads(teacher_file.read_text())
     names = (teacher["metric_fd"], teacher["metric_fd_teacher"], teacher["metric_noise_floor"])
-    teacher_values = {name: [float(row[name]) for row in teacher["seeds"] if name in row] for name in names}
+    floor_teacher = teacher.get("metric_noise_floor_teacher", f"{names[1]}_noise_floor")
+    teacher_values = {name: [float(row[name]) for row in teacher["seeds"] if name in row]
+                      for name in (*names, floor_teacher)}
     exp = params.experiment
     variants: dict[str, VariantResult] = {}
     missing: list[str] = []
@@ -94,11 +99,17 @@ def collect(params: ExperimentParams, root: Path, default_rho: float) -> Results
             result.fd_teacher.append(float(metrics.get(names[1], math.nan)))
             if "train_seconds_per_100_iters" in metrics:
                 result.train_seconds.append(float(metrics["train_seconds_per_100_iters"]))
+            record_file = root / "outputs" / "students" / name / "run.json"
+            record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+            if record.get("setup_seconds") is not None:
+                result.setup_seconds.append(float(record["setup_seconds"]))
+            if record.get("pool_teacher_image_steps") is not None:
+                result.pool_work.append(float(record["pool_teacher_image_steps"]))
             curve = root / "outputs" / "students" / name / "curve.csv"
             if curve.is_file():
                 result.curves[seed] = _read_curve(curve)
         variants[variant] = result
-    return Results(*names, int(teacher["num_samples"]), teacher_values, variants, missing)
+    return Results(*names, int(teacher["num_samples"]), teacher_values, variants, missing, floor_teacher)
 
 
 def published_results(folder: Path, params: ExperimentParams, num_samples: int) -> Results:
@@ -117,7 +128,7 @@ def published_results(folder: Path, params: ExperimentParams, num_samples: int) 
         raise DkdmError(f"{table}: expected columns variant,method,rho,seed,<fd>,<fd_teacher>, got {','.join(columns)}")
     fd, fd_teacher = columns[4:]
     teacher = json.loads(summary.read_text()).get("teacher", {})
-    floor = next((k for k in teacher if k.endswith("_noise_floor")), f"{fd}_noise_floor")
+    floor, floor_teacher = f"{fd}_noise_floor", f"{fd_teacher}_noise_floor"
     variants: dict[str, VariantResult] = {}
     for row in rows:
         name = row["variant"]
@@ -128,5 +139,6 @@ def published_results(folder: Path, params: ExperimentParams, num_samples: int) 
         result.seeds.append(int(row["seed"]))
         result.fd.append(float(row[fd]))
         result.fd_teacher.append(float(row[fd_teacher]))
-    teacher_values = {k: [float(teacher[k])] for k in (fd, fd_teacher, floor) if teacher.get(k) is not None}
-    return Results(fd, fd_teacher, floor, num_samples, teacher_values, variants, [])
+    teacher_values = {k: [float(teacher[k])] for k in (fd, fd_teacher, floor, floor_teacher)
+                      if teacher.get(k) is not None}
+    return Results(fd, fd_teacher, floor, num_samples, teacher_values, variants, [], floor_teacher)

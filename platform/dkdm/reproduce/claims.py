@@ -94,3 +94,18 @@ def paper_claims(rho_sweep: Sequence[tuple[float, str]]) -> list[Claim]:
               "Table 2: data-based FID 7.84 vs DKDM 9.56 (CIFAR-10)", "fd", (("data_based", "dynamic"),)),
     ]
     return claims
+
+
+def architecture_claim(dkdm: str, data_free: str) -> Claim:
+    """The paper's title claim (Table 5): DKDM distils into another architecture (a DiT student of the UNet teacher)
+    better than data-free training of the same student at the same budget."""
+    return Claim("any_architecture", "Any architecture: a DiT student from the UNet teacher, DKDM beats data-free "
+                 "training", "Table 5: cross-architecture students (CNN/ViT) distilled from the ADM teacher", "fd",
+                 ((dkdm, data_free),))
+
+
+def pool_claim(paper_pool: str, cheap_pool: str, statement: str) -> Claim:
+    """Issue 18 (beyond the paper): is the student of a cheaper pool worse on FD' than the paper pool's? Decided by
+    the same rule, "reproduced" reading "is worse" (the paper pool significantly better somewhere)."""
+    return Claim(f"pool_{cheap_pool}", statement, "beyond the paper (issue 18): the paper prepares every state by "
+                 "the full ancestral chain", "fd_teacher", ((paper_pool, cheap_pool),))

@@ -21,14 +21,14 @@ VariantOpt = Annotated[str, typer.Option("--variant", "-v", help="a name from ex
 SeedOpt = Annotated[int, typer.Option("--seed", "-s", help="a seed from experiment.seeds")]
 
 
-def _enter(directory: Path, params_file: str, **extra):
+def _enter(directory: Path, params_file: str, variant: str | None = None, **extra):
     """Parse the experiment and its settings once, then work inside its folder (the platform's relative layout)."""
     from dkdm.console import Context, apply_runtime
     from dkdm.reproduce.params import ensure_tracking_experiment, experiment_settings, read_params
 
     directory = directory.resolve()
     params = read_params(directory, params_file)
-    settings = experiment_settings(params, directory, **extra)
+    settings = experiment_settings(params, directory, variant, **extra)
     apply_runtime(settings)
     ensure_tracking_experiment(settings, directory)
     os.chdir(directory)
@@ -37,13 +37,14 @@ def _enter(directory: Path, params_file: str, **extra):
 
 @app.command("stage")
 @handles_errors
-def stage_cmd(name: Annotated[str, typer.Argument(help="data | teacher | features | reference")],
+def stage_cmd(name: Annotated[str, typer.Argument(help="data | teacher | features | reference | heldout")],
               directory: DirOpt = Path("."), params_file: ParamsOpt = "params.yaml") -> None:
-    """One of the platform's shared stages (one teacher for the whole grid), inside the experiment folder."""
+    """One of the platform's shared stages (one teacher for the whole grid), inside the experiment folder; heldout
+    draws the FD' reference (teacher samples independent of the data-free training set D')."""
     from dkdm.reproduce.runs import run_shared_stage
 
-    _, ctx = _enter(directory, params_file)
-    run_shared_stage(ctx, name)
+    params, ctx = _enter(directory, params_file)
+    run_shared_stage(ctx, name, heldout_seed=params.experiment.heldout_seed)
 
 
 @app.command("teacher-eval")
@@ -63,7 +64,7 @@ def run_one_cmd(variant: VariantOpt, seed: SeedOpt, directory: DirOpt = Path("."
     """Train one student of the grid (the shared budget, FD/FD' curve every train.eval_every); resumable."""
     from dkdm.reproduce.runs import train_one
 
-    params, ctx = _enter(directory, params_file, seed=seed)
+    params, ctx = _enter(directory, params_file, variant, seed=seed)
     train_one(ctx, params, variant, seed)
 
 
@@ -74,7 +75,7 @@ def evaluate_one_cmd(variant: VariantOpt, seed: SeedOpt, directory: DirOpt = Pat
     """FD and FD' of one student at evaluate.num_samples."""
     from dkdm.reproduce.runs import evaluate_one
 
-    params, ctx = _enter(directory, params_file, seed=seed)
+    params, ctx = _enter(directory, params_file, variant, seed=seed)
     evaluate_one(ctx, params, variant, seed)
 
 

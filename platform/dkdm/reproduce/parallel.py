@@ -103,13 +103,16 @@ def run_all(params: ExperimentParams, directory: Path, params_file: str, jobs: i
                  if not (shared / marker).is_file()]
         for future in waits:
             future.result()
-        if not (shared / "reference" / "teacher_stats.safetensors").is_file():
-            slots.run(log, cmd("stage", "reference"))
+        # D' (the data-free training set) and the held-out FD' reference are independent draws of the teacher.
+        waits = [pool.submit(slots.run, log, cmd("stage", name)) for name, marker in
+                 (("reference", "reference/teacher_stats.safetensors"), ("heldout", "heldout/info.json"))
+                 if not (shared / marker).is_file()]
+        for future in waits:
+            future.result()
         futures = []
         if not (directory / TEACHER_EVAL_DIR / "metrics.json").is_file():
             futures.append(pool.submit(slots.run, log, cmd("teacher-eval")))
         exp = params.experiment
-        settings = experiment_settings(params, directory)
         # Variant-major order: a grid stopped early has every seed of its first variants (a verdict needs seeds
         # more than it needs variants), so list the variants of the main claims first.
         for variant in exp.variants:
@@ -118,7 +121,9 @@ def run_all(params: ExperimentParams, directory: Path, params_file: str, jobs: i
                     continue
                 which = ("--variant", variant, "--seed", str(seed))
                 steps = [cmd("evaluate-one", *which)]
-                if not _trained(directory, distill_config(settings, exp.variant_specs[variant], seed), variant, seed):
+                settings = experiment_settings(params, directory, variant)
+                config = distill_config(settings, exp.variant_specs[variant], seed)
+                if not _trained(directory, config, settings.distill.student, variant, seed):
                     steps.insert(0, cmd("run-one", *which))
                 futures.append(pool.submit(slots.run, log, *steps))
         for future in futures:
@@ -132,12 +137,13 @@ def run_all(params: ExperimentParams, directory: Path, params_file: str, jobs: i
     return seconds
 
 
-def _trained(directory: Path, config: DistillConfig, variant: str, seed: int) -> bool:
-    """The student exists and was trained for the current definition (method, rho, budget): only its evaluation is
-    missing. Anything else is retrained (run-one resumes an interrupted run)."""
+def _trained(directory: Path, config: DistillConfig, student: object, variant: str, seed: int) -> bool:
+    """The student exists and was trained for the current definition (method, rho, budget, architecture): only its
+    evaluation is missing. Anything else is retrained (run-one resumes an interrupted run)."""
     record_file = directory / STUDENTS_DIR / run_name(variant, seed) / "run.json"
     if not (record_file.is_file() and record_file.with_name("student.safetensors").is_file()):
         return False
     record = read_json(record_file)
-    return (record.get("method"), record.get("rho"), record.get("iterations"), record.get("steps")) == (
-        config.method, config.rho, config.iterations, config.iterations)
+    return (record.get("method"), record.get("rho"), record.get("iterations"), record.get("steps"),
+            record.get("student", student)) == (config.method, config.rho, config.iterations, config.iterations,
+                                                student)

@@ -16,19 +16,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from dkdm.errors import DkdmError, one_line
 from dkdm.settings import Settings, load_settings
 from dkdm.yaml_files import load_yaml
-from training.distill.config import DistillConfig, Method
+from training.distill.config import DATASET_METHODS, DistillConfig, Method
+from training.train.config import TrainConfig
 
 PARAMS_FILE = "params.yaml"
 PARAMS_VARIANT = "params-{name}.yaml"
 
 class Variant(BaseModel):
-    """One kind of student: a method, and for the dynamic pool its rho (None = settings.distill.rho)."""
+    """One kind of student: a method, for the dynamic pool its rho (None = settings.distill.rho), and any settings
+    of its own (deep-merged over the experiment's for its run-one and evaluate-one: e.g. another student
+    architecture, or another pool preparation)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     method: Method
     rho: float | None = Field(None, gt=0)
     label: str | None = Field(None, description="name in the report (default: the variant's key)")
+    settings: dict[str, Any] = Field(default_factory=dict, description="deep-merged over `settings` for this variant")
 
     @model_validator(mode="after")
     def _rho_for_dynamic(self) -> Variant:
@@ -47,6 +51,10 @@ class Experiment(BaseModel):
     alpha: float = Field(0.05, gt=0, lt=1, description="two-sided level of the Welch t-test and the intervals")
     flat_tolerance: float = Field(0.1, gt=0, description="curve counts as flat if the last quarter moves less")
     note: str | None = Field(None, description="printed at the top of the report (e.g. a reduced budget)")
+    heldout_seed: int = Field(1000, ge=0, description="seed of the FD' reference set (D' keeps reference.seed)")
+    budgets: list[float] = Field([0.125, 0.25, 0.5, 1.0], min_length=1,
+                                 description="fractions of the iteration budget the verdicts compare at")
+    bootstrap: int = Field(10000, ge=100, description="resamples of the student/teacher FD' ratio interval")
 
     @field_validator("seeds")
     @classmethod
@@ -66,6 +74,13 @@ class Experiment(BaseModel):
             if self.variant_specs[name].method != "dynamic":
                 raise ValueError(f"rho_sweep: {name!r} is not a dynamic variant")
         return self
+
+    @field_validator("budgets")
+    @classmethod
+    def _fractions(cls, budgets: list[float]) -> list[float]:
+        if any(not 0 < b <= 1 for b in budgets) or sorted(set(budgets)) != budgets:
+            raise ValueError(f"budgets must be increasing fractions in (0, 1], got {budgets}")
+        return budgets
 
     def label(self, variant: str) -> str:
         return self.variant_specs[variant].label or variant
@@ -144,9 +159,12 @@ def ensure_tracking_experiment(settings: Settings, experiment_dir: Path) -> None
             pass
 
 
-def experiment_settings(params: ExperimentParams, experiment_dir: Path, **extra: Any) -> Settings:
-    """The base profile + `settings` + `extra` (e.g. seed), validated once; tracking goes to the repo's store."""
-    overrides = _merge(params.settings, extra)
+def experiment_settings(params: ExperimentParams, experiment_dir: Path, variant: str | None = None,
+                        **extra: Any) -> Settings:
+    """The base profile + `settings` + the variant's own settings + `extra` (e.g. seed), validated once; tracking
+    goes to the repo's store."""
+    spec = params.experiment.variant_specs.get(variant) if variant is not None else None
+    overrides = _merge(_merge(params.settings, spec.settings if spec is not None else {}), extra)
     overrides = _merge(overrides, {"tracking": _tracking_override(params, experiment_dir)})
     return load_settings(base_profile_file(params, experiment_dir), overrides)
 
@@ -160,15 +178,17 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 def distill_config(settings: Settings, variant: Variant, seed: int) -> DistillConfig:
     """Every student of the grid shares settings.distill.train (the equal iteration budget); only the method,
-    the seed and, for the rho sweep, the pool size differ."""
+    the seed, for the rho sweep the pool size, and what a variant's own settings change differ. Every other field
+    that settings.distill and the config share passes through (e.g. a pool-preparation setting), so a variant
+    overriding it reaches the pool it trains from."""
     d = settings.distill
+    shared = (set(DistillConfig.model_fields) & set(type(d).model_fields)) - set(TrainConfig.model_fields) - {"rho"}
     return DistillConfig(
         **{**d.train.model_dump(), "seed": seed},
+        **{name: getattr(d, name) for name in sorted(shared)},
         method=variant.method,
         rho=variant.rho if variant.rho is not None else d.rho,
-        teacher_batch_size=d.teacher_batch_size,
-        pool_dtype=d.pool_dtype,
-        clip_denoised=d.clip_denoised,
+        random_flip=settings.data.random_flip and variant.method in DATASET_METHODS,
     )
 
 

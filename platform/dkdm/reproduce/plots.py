@@ -28,13 +28,19 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _floor(results: Results, name_attr: str) -> list[float]:
+    """The panel's own noise floor: FD's against the data, FD''s against the held-out teacher reference."""
+    name = results.metric_noise_floor if name_attr == "metric_fd" else results.metric_noise_floor_teacher
+    return results.teacher.get(name, [])
+
+
 def _teacher_lines(ax, results: Results, name_attr: str, *, vertical: bool = False) -> None:
-    """The teacher's mean score and the noise floor as reference lines (vertical where scores are on x)."""
+    """The teacher's mean score and the panel's noise floor as reference lines (vertical where scores are on x)."""
     line = ax.axvline if vertical else ax.axhline
     teacher = results.teacher.get(getattr(results, name_attr), [])
     if teacher:
         line(sum(teacher) / len(teacher), color="black", ls="--", lw=1, label="teacher")
-    floor = results.teacher.get(results.metric_noise_floor, [])
+    floor = _floor(results, name_attr)
     if floor:
         line(sum(floor) / len(floor), color="grey", ls=":", lw=1, label="noise floor")
 
@@ -83,7 +89,7 @@ def scores(results: Results, path: Path, variants: list[str], confidence: float)
         shown = [x for v in variants for x in getattr(results.variants[v], metric) if x > 0]
         shown += [iv.high for iv in intervals.values() if iv.n > 1]
         references = (results.teacher.get(getattr(results, name_attr), []),
-                      results.teacher.get(results.metric_noise_floor, []))
+                      _floor(results, name_attr))
         shown += [sum(r) / len(r) for r in references if r]
         left, right = min(shown, default=1.0) / 1.5, max(shown, default=10.0) * 1.3
         for row, variant in enumerate(variants):

@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import csv
 import importlib
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dkdm.console import Context, summary
 from dkdm.errors import DkdmError
+from dkdm.reproduce.heldout import HELDOUT_STATS
 from dkdm.reproduce.params import ExperimentParams, distill_config, run_name
 from dkdm.spaces.pixel import PixelSpace
 from dkdm.stages.common import (
     REAL_STATS_FILE,
     SYNTHETIC_FILE,
     TEACHER_FILE,
-    TEACHER_STATS_FILE,
     load_real_images,
     make_extractor,
     nhwc_to_model,
@@ -36,15 +37,15 @@ if TYPE_CHECKING:
 
     from dkdm.settings import Settings
     from training.diffusion import GaussianDiffusion
-    from training.eval.extractor import Features
 
-SHARED_STAGES = ("data", "teacher", "features", "reference")
+SHARED_STAGES = ("data", "teacher", "features", "reference", "heldout")
 OUT = Path("outputs")
 TEACHER_EVAL_DIR = OUT / "teacher_eval"
 STUDENTS_DIR = OUT / "students"
 EVALUATION_DIR = OUT / "evaluation"
 REPORT_DIR = OUT / "report"
 CURVE_COLUMNS = ("step", "fd", "fd_teacher")
+POOL_WORK_METRIC = "pool_teacher_image_steps"
 EXPERIMENT_TAG = {"dkdm.experiment": "reproduce"}
 
 
@@ -56,10 +57,16 @@ def evaluation_dir(variant: str, seed: int) -> Path:
     return EVALUATION_DIR / run_name(variant, seed)
 
 
-def run_shared_stage(ctx: Context, name: str) -> None:
-    """data / teacher / features / reference: exactly the platform's stage, trained once for the whole grid."""
+def run_shared_stage(ctx: Context, name: str, *, heldout_seed: int) -> None:
+    """data / teacher / features / reference: exactly the platform's stage, trained once for the whole grid;
+    heldout: the FD' reference drawn apart from D' (dkdm.reproduce.heldout)."""
     if name not in SHARED_STAGES:
         raise DkdmError(f"stage: {name!r} is not one of {', '.join(SHARED_STAGES)}")
+    if name == "heldout":
+        from dkdm.reproduce.heldout import run_heldout
+
+        run_heldout(ctx, heldout_seed)
+        return
     importlib.import_module(f"dkdm.stages.{name}").run(ctx)
 
 
@@ -69,7 +76,8 @@ def _scorer(ctx: Context):
     extractor = make_extractor(ctx.settings, ctx.device)
     real = load_reference_stats(require(REAL_STATS_FILE, "dkdm reproduce stage features"),
                                 expected_space=extractor.space)
-    teacher = load_reference_stats(require(TEACHER_STATS_FILE, "dkdm reproduce stage reference"),
+    # FD' is scored against the held-out teacher samples, never against D' (the data-free training set).
+    teacher = load_reference_stats(require(HELDOUT_STATS, "dkdm reproduce stage heldout"),
                                    expected_space=extractor.space)
     return extractor, real, teacher
 
@@ -94,37 +102,50 @@ def eval_seed(ctx: Context, seed: int) -> int:
 
 
 def teacher_eval(ctx: Context, params: ExperimentParams) -> dict[str, Any]:
-    """The teacher scored exactly like a student (same sampler, sample count and seeds), and the noise floor:
-    FD between two independent sets of N teacher samples, N = evaluate.num_samples, one pair per grid seed."""
+    """The teacher scored exactly like a student (same sampler, sample count and seeds), and one noise floor per
+    metric at the evaluation's own sample count N = evaluate.num_samples, one per grid seed:
+    - FD: N images drawn (with replacement) from the real set, against the real set's statistics: how far a
+      perfect model's N samples already lie from the data;
+    - FD': the teacher's own N fresh samples against the held-out teacher reference: how far a student that
+      matched the teacher exactly would score (the teacher's FD' row, recorded under its floor's name)."""
+    import numpy as np
+
     from training.eval.evaluate import evaluate_features
-    from training.eval.metrics import frechet_distance_of_features
     from training.eval.sampling import load_sampler
 
     n = ctx.settings.evaluate.num_samples
     extractor, real, teacher_stats = _scorer(ctx)
     names = extractor.metric_names
+    fdp = names.against_teacher(names.fd)
+    floor_fd, floor_fdp = names.noise_floor, f"{fdp}_noise_floor"
+    real_images, _ = load_real_images(ctx.settings)
     model, diffusion = load_sampler(require(TEACHER_FILE, "dkdm reproduce stage teacher"),
                                     respacing=_eval_respacing(ctx), ema=ctx.settings.evaluate.use_ema,
                                     device=ctx.device)
     per_seed: list[dict[str, float]] = []
+    batch = ctx.settings.features.batch_size
     with start_run(ctx.settings, stage="evaluate", run_name="reproduce-teacher", method="teacher",
                    student=ctx.settings.teacher.preset, tags=EXPERIMENT_TAG) as tracker:
         for seed in params.experiment.seeds:
-            samples = _sample(model, diffusion, ctx, 2 * n, eval_seed(ctx, seed))
-            features = extractor.extract(samples, batch_size=ctx.settings.features.batch_size)
-            first, second = _head(features, n), _head(_tail(features, n), n)
-            scores = evaluate_features(first, space=extractor.space, names=names, real_stats=real,
-                                       teacher_stats=teacher_stats, precision_recall_on=False)
-            scores[names.noise_floor] = frechet_distance_of_features(first.pool, second.pool)
+            samples = _sample(model, diffusion, ctx, n, eval_seed(ctx, seed))
+            scores = evaluate_features(extractor.extract(samples, batch_size=batch), space=extractor.space,
+                                       names=names, real_stats=real, teacher_stats=teacher_stats,
+                                       precision_recall_on=False)
+            picked = np.random.default_rng(eval_seed(ctx, seed)).integers(0, len(real_images), n)
+            drawn = evaluate_features(extractor.extract(real_images[picked], batch_size=batch),
+                                      space=extractor.space, names=names, real_stats=real,
+                                      teacher_stats=teacher_stats, precision_recall_on=False)
+            scores[floor_fd], scores[floor_fdp] = drawn[names.fd], scores[fdp]
             per_seed.append({"seed": seed, **{k: float(v) for k, v in scores.items()}})
             tracker.log_metrics(scores, seed)
         result = {"num_samples": n, "sampling_steps": diffusion.num_timesteps, "metric_fd": names.fd,
-                  "metric_fd_teacher": names.against_teacher(names.fd), "metric_noise_floor": names.noise_floor,
+                  "metric_fd_teacher": fdp, "metric_noise_floor": floor_fd, "metric_noise_floor_teacher": floor_fdp,
                   "seeds": per_seed}
         write_json(TEACHER_EVAL_DIR / "metrics.json", result)
         tracker.log_artifact(TEACHER_EVAL_DIR / "metrics.json", "evaluation")
-    floors = ", ".join(f"{row[names.noise_floor]:.3f}" for row in per_seed)
-    summary(f"teacher-eval: {n} samples x {len(per_seed)} seeds, noise floor {floors} -> {TEACHER_EVAL_DIR}")
+    floors = ", ".join(f"{row[floor_fd]:.3f} / {row[floor_fdp]:.3f}" for row in per_seed)
+    summary(f"teacher-eval: {n} samples x {len(per_seed)} seeds, noise floors {names.fd} / {fdp}: {floors} "
+            f"-> {TEACHER_EVAL_DIR}")
     return result
 
 
@@ -167,18 +188,6 @@ class CurveRecorder:
         return write_csv(self.path, CURVE_COLUMNS, self.rows)
 
 
-def _head(features: Features, n: int) -> Features:
-    from training.eval.extractor import Features
-
-    return Features(*(None if t is None else t[:n] for t in (features.pool, features.logits, features.spatial)))
-
-
-def _tail(features: Features, n: int) -> Features:
-    from training.eval.extractor import Features
-
-    return Features(*(None if t is None else t[n:] for t in (features.pool, features.logits, features.spatial)))
-
-
 def _method_inputs(ctx: Context, method: str) -> dict[str, Any]:
     from training.distill.config import POOL_METHODS
 
@@ -212,6 +221,7 @@ def train_one(ctx: Context, params: ExperimentParams, variant: str, seed: int) -
     name, identity = f"reproduce-{run_name(variant, seed)}", {"teacher": teacher_fingerprint(), "variant": variant}
     with start_run(settings, stage=stage, run_name=name, method=spec.method, student=preset, tags=tags,
                    resume_state=resume_state_file(settings, name, preset, config, identity)) as tracker:
+        started = time.perf_counter()
         result = train_network(
             ctx, PixelSpace(settings), name=name, preset=preset, config=config,
             out_file=folder / "student.safetensors", tracker=tracker, loss_csv=folder / "train_log.csv",
@@ -220,17 +230,34 @@ def train_one(ctx: Context, params: ExperimentParams, variant: str, seed: int) -
             extra_key=identity, eval_fn=curve,
             **_method_inputs(ctx, spec.method),
         )
-        record = {"variant": variant, "seed": seed, "method": spec.method, "rho": config.rho,
+        # Everything outside the training loop: for a pool method, mostly the pool's preparation.
+        setup = time.perf_counter() - started - result["seconds"]
+        record = {"variant": variant, "seed": seed, "method": spec.method, "rho": config.rho, "student": preset,
                   "iterations": config.iterations, "steps": result["steps"], "seconds": result["seconds"],
+                  "setup_seconds": setup,
                   "train_seconds_per_100_iters": result["train_seconds_per_100_iters"],
                   "best_step": result["best_step"], "run_id": tracker.run_id}
         write_json(folder / "run.json", record)
         tracker.log_artifact(folder / "train_log.csv")
         if curve is not None:
             tracker.log_artifact(curve.path)
+    if spec.method in ("dynamic", "shuffled", "iterative"):  # read once the run is closed (its metrics flushed)
+        record[POOL_WORK_METRIC] = _logged_metric(settings, record["run_id"], POOL_WORK_METRIC)
+        write_json(folder / "run.json", record)
     summary(f"run-one {run_name(variant, seed)}: {preset} by {spec.method}, {result['steps']} steps in "
             f"{result['seconds']:.0f}s -> {folder}")
     return record
+
+
+def _logged_metric(settings: Settings, run_id: str | None, key: str) -> float | None:
+    """A metric the training logged to its MLflow run (None without tracking or without the metric): the pool's
+    preparation work is logged there by the pool code, which the reproduction does not reimplement."""
+    if not run_id or not settings.tracking.enabled:
+        return None
+    from mlflow import MlflowClient
+
+    value = MlflowClient(tracking_uri=settings.tracking.uri).get_run(run_id).data.metrics.get(key)
+    return None if value is None else float(value)
 
 
 def evaluate_one(ctx: Context, params: ExperimentParams, variant: str, seed: int) -> dict[str, float]:

@@ -77,3 +77,66 @@ def relative_change(first: float, last: float) -> float:
     if not (math.isfinite(first) and math.isfinite(last)) or first == 0:
         return float("nan")
     return (last - first) / abs(first)
+
+
+def welch_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> Interval:
+    """mean(a) - mean(b) with its Welch (Satterthwaite degrees of freedom) interval; nan bounds below 2 values a side.
+    n is the smaller side's count; sd the difference's standard error."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    nan = float("nan")
+    if x.size == 0 or y.size == 0:
+        return Interval(nan, nan, nan, 0, nan)
+    diff = float(x.mean() - y.mean())
+    if x.size < 2 or y.size < 2:
+        return Interval(diff, nan, nan, int(min(x.size, y.size)), nan)
+    vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+    se = math.sqrt(vx + vy)
+    if se == 0:
+        return Interval(diff, diff, diff, int(min(x.size, y.size)), 0.0)
+    dof = (vx + vy) ** 2 / (vx**2 / (x.size - 1) + vy**2 / (y.size - 1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, dof)) * se
+    return Interval(diff, diff - half, diff + half, int(min(x.size, y.size)), se)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error at any alpha: reject where adjusted < alpha), in the
+    input's order; nan p-values (too few seeds) stay nan and do not count in the family's size."""
+    p = [float(v) for v in p_values]
+    finite = sorted((v, i) for i, v in enumerate(p) if math.isfinite(v))
+    m = len(finite)
+    out = [float("nan")] * len(p)
+    running = 0.0
+    for rank, (value, index) in enumerate(finite):
+        running = max(running, min(1.0, (m - rank) * value))  # monotone: never below an earlier step's
+        out[index] = running
+    return out
+
+
+def bootstrap_ratio(numerator: Sequence[float], denominator: Sequence[float], confidence: float = 0.95, *,
+                    resamples: int = 10000, seed: int = 0) -> Interval:
+    """mean(numerator) / mean(denominator) with a percentile bootstrap interval: each side resampled with
+    replacement over its own values (seeds), independently, `resamples` times from a generator seeded `seed`.
+    n is the smaller side's count, sd the bootstrap distribution's standard deviation."""
+    x = np.asarray([v for v in numerator if math.isfinite(v)], dtype=np.float64)
+    y = np.asarray([v for v in denominator if math.isfinite(v)], dtype=np.float64)
+    nan = float("nan")
+    if x.size == 0 or y.size == 0 or y.mean() == 0:
+        return Interval(nan, nan, nan, 0, nan)
+    ratio = float(x.mean() / y.mean())
+    rng = np.random.default_rng(seed)
+    xs = x[rng.integers(0, x.size, (resamples, x.size))].mean(axis=1)
+    ys = y[rng.integers(0, y.size, (resamples, y.size))].mean(axis=1)
+    ratios = xs / ys
+    low, high = np.quantile(ratios, [0.5 - confidence / 2, 0.5 + confidence / 2])
+    return Interval(ratio, float(low), float(high), int(min(x.size, y.size)), float(ratios.std()))
+
+
+def log_area(steps: Sequence[float], values: Sequence[float], total: float) -> float:
+    """Area under log(value) over the fraction of the run (step / total), trapezoids between recorded points,
+    divided by the fraction covered: the curve's mean log score, lower for a curve that drops sooner."""
+    s = np.asarray(steps, dtype=np.float64) / total
+    v = np.asarray(values, dtype=np.float64)
+    if s.size < 2 or np.any(v <= 0) or not np.all(np.isfinite(v)):
+        return float("nan")
+    logs = np.log(v)
+    return float(np.sum((s[1:] - s[:-1]) * (logs[1:] + logs[:-1]) / 2) / (s[-1] - s[0]))
