@@ -152,6 +152,16 @@ def test_cli_rejects_unknown_variant(tmp_path, monkeypatch):
     assert "--variant: 'nope' is not in experiment.variant_specs" in result.output
 
 
+def test_heldout_reference_must_not_reuse_the_training_sets_seed(tmp_path, monkeypatch):
+    text = (EXPERIMENT / "params-ci.yaml").read_text().replace("../../platform/dkdm/configs/ci.yaml", "ci")
+    (tmp_path / "params.yaml").write_text(text.replace("heldout_seed: 1000", "heldout_seed: 1"))
+    monkeypatch.setenv("DKDM_TRACKING__URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    result = CliRunner().invoke(app, ["reproduce", "stage", "heldout", "--dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "experiment.heldout_seed: 1 is reference.seed" in result.output
+    assert not (tmp_path / "outputs" / "heldout").exists()
+
+
 _EXCLUSIVE_GPU = """
 import os, sys, time
 marker = os.path.join(sys.argv[1], "gpu-" + os.environ["CUDA_VISIBLE_DEVICES"] + ".busy")

@@ -120,3 +120,23 @@ def test_a_claim_without_scores_is_inconclusive_and_named():
     values = grid_values({"a": _variant("a", 3, 3)}, [1.0], 800)
     result = decide_all([Claim("k", "a beats b", "p", "fd", (("a", "b"),))], values, ["end", AUC], 0.05)[0]
     assert result.verdict == "inconclusive" and result.missing == ["b"]
+
+
+def test_report_gives_each_cheaper_pool_its_work_ratio_and_verdict_line(tmp_path, monkeypatch):
+    from dkdm.console import Context
+    from dkdm.reproduce.params import experiment_settings
+    from dkdm.reproduce.report import write_report
+    from reproduce_helpers import synthetic_experiment
+
+    # pool_k10 spent 5x less teacher work; its students score FD' 1.5 against the paper pool's 1.0 (seed jitter
+    # +-0.005): significantly worse even after Holm over the table.
+    params = synthetic_experiment(tmp_path, extra={"pool_k10": (3.2, 1.5)},
+                                  pool_work={"dynamic": 128000.0, "pool_k10": 25600.0})
+    settings = experiment_settings(params, tmp_path, tracking={"enabled": False})
+    monkeypatch.chdir(tmp_path)
+    data = write_report(Context(settings=settings, profile_file=tmp_path / "params.yaml"), params)
+    assert data["pools"]["pool_k10"] == {"teacher_image_steps": 25600.0, "times_less": 5.0, "estimated": False}
+    assert data["verdicts"]["pool_pool_k10"]["verdict"] == "reproduced"
+    report = (tmp_path / "outputs" / "report" / "report.md").read_text()
+    assert "- A pool made with 5× less teacher work (pool_k10) is worse than the paper's" in report
+    assert "| pool_k10 | 25,600 | 5 | 2.5 ± 6.35 |" in report  # setup seconds 2 and 3 over the two seeds
