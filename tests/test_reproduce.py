@@ -127,6 +127,10 @@ def test_a_variant_brings_its_own_settings(tmp_path):
     config = distill_config(dit, params.experiment.variant_specs["dit_dynamic"], 3)
     assert (config.method, config.rho, config.seed, config.iterations) == ("dynamic", 0.4, 3, 1600)
     assert not config.random_flip  # digits: never flipped
+    # an override the run's config cannot carry is refused, not silently dropped
+    stray = params.experiment.variant_specs["dit_dynamic"].model_copy(update={"settings": {"distill": {"runs": {}}}})
+    with pytest.raises(DkdmError, match="distill.runs does not reach the training config"):
+        distill_config(dit, stray, 0)
 
 
 def test_bad_definition_is_one_line(tmp_path):

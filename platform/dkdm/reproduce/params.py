@@ -176,12 +176,21 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_READ_ELSEWHERE = {"student", "train", "eval_samples"}  # the student preset, the budget, the curve's sample count
+
+
 def distill_config(settings: Settings, variant: Variant, seed: int) -> DistillConfig:
     """Every student of the grid shares settings.distill.train (the equal iteration budget); only the method,
     the seed, for the rho sweep the pool size, and what a variant's own settings change differ. Every other field
     that settings.distill and the config share passes through (e.g. a pool-preparation setting), so a variant
     overriding it reaches the pool it trains from."""
     d = settings.distill
+    # A variant's distill override that the trainer's config cannot carry would silently train the experiment's
+    # default (e.g. a pool-preparation setting read only by the pool stage): refuse it instead.
+    unreached = set(variant.settings.get("distill", {})) - set(DistillConfig.model_fields) - _READ_ELSEWHERE
+    if unreached:
+        raise DkdmError(f"variant settings: distill.{', '.join(sorted(unreached))} does not reach the training config "
+                        "of a reproduction run (DistillConfig has no such field)")
     shared = (set(DistillConfig.model_fields) & set(type(d).model_fields)) - set(TrainConfig.model_fields) - {"rho"}
     return DistillConfig(
         **{**d.train.model_dump(), "seed": seed},
