@@ -95,3 +95,30 @@ def test_every_option_of_a_heavy_command_has_a_name_torchrun_passes_through(name
         if not passes:
             stuck.append(param.name)
     assert not stuck, f"dkdm {name}: no spelling of {stuck} survives torchrun's parser"
+
+
+def test_a_self_launched_job_passes_the_command_through_untouched():
+    """`dvc repro` calls `dkdm distill --run NAME`: the relaunch hands those words to the ranks unparsed."""
+    from dkdm.launch import launcher_args
+    from dkdm.settings import RuntimeSettings
+
+    args = launcher_args(RuntimeSettings(nproc_per_node=2), ["distill", "--run", "dynamic", "--profile", "ci"])
+    assert (args.nproc_per_node, args.standalone, args.module, args.training_script) == ("2", True, True, "dkdm")
+    assert args.training_script_args == ["distill", "--run", "dynamic", "--profile", "ci"]
+    nodes = launcher_args(RuntimeSettings(nproc_per_node=4, nnodes=2, rdzv_endpoint="node0:29400", rdzv_id="j"), [])
+    assert (nodes.nnodes, nodes.rdzv_endpoint, nodes.rdzv_id, nodes.standalone) == ("2", "node0:29400", "j", False)
+
+
+def test_more_processes_than_gpus_is_refused_in_one_line(monkeypatch):
+    import torch
+
+    from dkdm.errors import DkdmError
+    from dkdm.launch import launch_if_requested
+    from dkdm.settings import RuntimeSettings
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for key in ("LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(DkdmError, match="runtime.nproc_per_node is 8 but this node has 2 GPU"):
+        launch_if_requested(RuntimeSettings(nproc_per_node=8), ["distill", "dynamic"])

@@ -54,6 +54,7 @@ def launch_if_requested(runtime: RuntimeSettings, argv: Sequence[str] | None = N
     False when this process should do the work itself. A failed rank ends the whole job: one line names it."""
     if runtime.world_size <= 1 or under_launcher():
         return False
+    _check_gpus(runtime)
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import run
 
@@ -65,6 +66,18 @@ def launch_if_requested(runtime: RuntimeSettings, argv: Sequence[str] | None = N
         rank, failure = err.get_first_failure()
         raise DkdmError(job_failure(rank, runtime.world_size, failure.exitcode)) from None
     return True
+
+
+def _check_gpus(runtime: RuntimeSettings) -> None:
+    """One process per GPU: more processes than this node has GPUs is refused before anything starts."""
+    import torch
+
+    if runtime.device == "cpu" or runtime.device.startswith("mps") or not torch.cuda.is_available():
+        return
+    gpus = torch.cuda.device_count()
+    if runtime.nproc_per_node > gpus:
+        raise DkdmError(f"runtime.nproc_per_node is {runtime.nproc_per_node} but this node has {gpus} GPU(s); "
+                        f"set it to {gpus} or fewer (or runtime.device: cpu)")
 
 
 def job_failure(rank: int, world_size: int, exitcode: int) -> str:
