@@ -152,7 +152,9 @@ def prepare_pool_cmd(
 @app.command("distill")
 @handles_errors
 def distill_cmd(run: RunArg = None, profile: ProfileOpt = None, run_opt: RunOpt = None) -> None:
-    """Train one student of distill.runs: DKDM (dynamic / shuffled / iterative) or a baseline; resumable."""
+    """Train one student of distill.runs (`dkdm distill dynamic`): DKDM (dynamic / shuffled / iterative) or a
+    baseline; resumable. Over runtime.nproc_per_node processes (or a user's torchrun) one DDP job: batch_size per
+    process, one pool per process."""
     from dkdm.stages import distill
 
     name = run_name(run, run_opt)
