@@ -259,6 +259,11 @@ def test_dvc_repro_with_two_processes_per_node_completes(tmp_path):
     prepare_copy(repo, "ci")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["runtime"]["nproc_per_node"] = 2
+    # Toy sizes and one DKDM run plus one baseline: every kind of stage launches itself, in a few minutes.
+    params["teacher"]["train"]["iterations"] = 8
+    params["features"]["classifier_epochs"] = 1
+    params["reference"]["num_samples"] = params["evaluate"]["num_samples"] = 32
+    params["distill"]["runs"] = {k: params["distill"]["runs"][k] for k in ("dynamic", "data_free")}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(repo, [str(BIN / "dvc"), "repro"], timeout=1500)
     runs = mlflow_runs(repo, "dynamic-ci-student")
