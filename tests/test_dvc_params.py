@@ -28,6 +28,10 @@ NOT_PARAMS = (
     "runtime",   # device, CPU threads, progress bars
     "tracking",  # where MLflow records the run
 )
+# ...except the world size where it changes what a stage makes: W ranks train one model on W batches and keep W
+# pools. Sampling stages read it too (to launch themselves) but draw the same images at any world size.
+WORLD_SIZE = ("runtime.nproc_per_node", "runtime.nnodes")
+WORLD_SIZE_STAGES = ("teacher", "pool", "distill")
 # Reads on branches neither recorded profile can take offline (no Inception weights, no foreign teacher .pt): the
 # stages that take them, by dvc.yaml stage name. They count as read there, so they must be declared there.
 UNTAKEN_BRANCHES = {
@@ -100,7 +104,8 @@ def record_pipeline(profile: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         with monkeypatch.context() as patch, recording(patch) as recorder:
             result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, f"{profile} {stage}: {result.output[-2000:]}"
-        reads[stage] = {r for r in recorder.reads if not any(covers(p, r) for p in NOT_PARAMS)}
+        reads[stage] = {r for r in recorder.reads if not any(covers(p, r) for p in NOT_PARAMS)
+                        or (r in WORLD_SIZE and stage.split("@")[0] in WORLD_SIZE_STAGES)}
         reads[stage] |= {key for key, (_, stages) in UNTAKEN_BRANCHES.items() if stage.split("@")[0] in stages}
     return reads
 

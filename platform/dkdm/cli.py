@@ -4,6 +4,11 @@ stage function, print a one-line summary. A user error is one line on stderr and
 Pipeline stages (what dvc.yaml runs): data, autoencoder (latent profiles only), teacher, features, reference,
 prepare-pool, distill, evaluate, report. Each command imports its stage module inside the function: the stages
 load torch, which `dkdm --help` and the profile commands must not wait for.
+
+The heavy commands (teacher, train-teacher, reference, prepare-pool, distill, train, evaluate, sample) run as one
+job of `runtime.nproc_per_node` x `runtime.nnodes` processes (`run_job`: they relaunch themselves through torch's
+elastic launcher, or join the job a user's `torchrun` started). Their options avoid every prefix of a torchrun
+option (torchrun reads `--run` as its `--run-path`): the run is a positional argument.
 """
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ import typer
 
 from dkdm.byo_cli import register as register_byo_commands
 from dkdm.command import ProfileOpt, context, handles_errors
+from dkdm.errors import DkdmError
+from dkdm.launch import run_job
 from dkdm.reproduce.commands import app as reproduce_app
 from dkdm.tuning.commands import app as tune_app
 
@@ -33,7 +40,20 @@ app.add_typer(tune_app, name="tune", help="Optuna studies over the settings (see
 app.add_typer(reproduce_app, name="reproduce", help="The paper's claims over methods x seeds x rho, with verdicts")
 register_byo_commands(app)  # presets, inspect-teacher, export (your own architectures and diffusers models)
 
-RunOpt = Annotated[str, typer.Option("--run", "-r", help="run name from distill.runs (e.g. dynamic, data_free)")]
+RunArg = Annotated[Optional[str], typer.Argument(metavar="RUN", show_default=False,
+                                                  help="run name from distill.runs (e.g. dynamic, data_free)")]
+# Kept for older scripts. Under torchrun write RUN (or -r): torchrun's own parser takes `--run` for `--run-path`.
+RunOpt = Annotated[Optional[str], typer.Option("--run", "-r", help="the same as RUN (older form)")]
+
+
+def run_name(positional: str | None, option: str | None, *, required: bool = True) -> str | None:
+    """The run named by RUN or -r/--run (one of them, or the same name twice)."""
+    if positional is not None and option is not None and positional != option:
+        raise DkdmError(f"run: given as {positional!r} and as -r/--run {option!r}; give it once")
+    name = positional if positional is not None else option
+    if name is None and required:
+        raise DkdmError("missing RUN: the run name from distill.runs, e.g. `dkdm distill dynamic`")
+    return name
 
 
 # --------------------------------------------------------------------------- pipeline stages
@@ -64,7 +84,7 @@ def teacher_cmd(profile: ProfileOpt = None) -> None:
     """The profile's teacher: train it (teacher.source: train) or import its .pt (teacher.source: import)."""
     from dkdm.stages import teacher
 
-    teacher.run(context(profile))
+    run_job(context(profile), lambda ctx, dist: teacher.run(ctx, dist=dist))
 
 
 @app.command("train-teacher")
@@ -76,8 +96,7 @@ def train_teacher_cmd(
     """Train the teacher preset on the real data (the embedded CPU profiles), tracked in MLflow."""
     from dkdm.stages import teacher
 
-    ctx = context(profile)
-    teacher.train(ctx, iterations=iterations)
+    run_job(context(profile), lambda ctx, dist: teacher.train(ctx, iterations=iterations, dist=dist))
 
 
 @app.command("import-teacher")
@@ -113,7 +132,7 @@ def reference_cmd(profile: ProfileOpt = None) -> None:
     """Sample the teacher's set D' (FD'/FID' reference, noise floor, data-free training set) and score the teacher."""
     from dkdm.stages import reference
 
-    reference.run(context(profile))
+    run_job(context(profile), lambda ctx, dist: reference.run(ctx, dist=dist))
 
 
 @app.command("prepare-pool")
@@ -127,32 +146,37 @@ def prepare_pool_cmd(
     """Prepare the dynamic-iterative pool with the teacher (resumable: rerun after an interruption)."""
     from dkdm.stages import pool
 
-    pool.run(context(profile), out=out)
+    run_job(context(profile), lambda ctx, dist: pool.run(ctx, out=out, dist=dist))
 
 
 @app.command("distill")
 @handles_errors
-def distill_cmd(run: RunOpt, profile: ProfileOpt = None) -> None:
-    """Train one student of distill.runs: DKDM (dynamic / shuffled / iterative) or a baseline; resumable."""
+def distill_cmd(run: RunArg = None, profile: ProfileOpt = None, run_opt: RunOpt = None) -> None:
+    """Train one student of distill.runs (`dkdm distill dynamic`): DKDM (dynamic / shuffled / iterative) or a
+    baseline; resumable. Over runtime.nproc_per_node processes (or a user's torchrun) one DDP job: batch_size per
+    process, one pool per process."""
     from dkdm.stages import distill
 
-    distill.run(context(profile), run, allowed=None)
+    name = run_name(run, run_opt)
+    run_job(context(profile), lambda ctx, dist: distill.run(ctx, name, allowed=None, dist=dist))
 
 
 @app.command("train")
 @handles_errors
-def train_cmd(run: RunOpt, profile: ProfileOpt = None) -> None:
+def train_cmd(run: RunArg = None, profile: ProfileOpt = None, run_opt: RunOpt = None) -> None:
     """Train a baseline of distill.runs (data_free / data_limited / data_based) with the ordinary hybrid loss."""
     from dkdm.stages import distill
     from training.distill.config import DATASET_METHODS
 
-    distill.run(context(profile), run, allowed=DATASET_METHODS)
+    name = run_name(run, run_opt)
+    run_job(context(profile), lambda ctx, dist: distill.run(ctx, name, allowed=DATASET_METHODS, dist=dist))
 
 
 @app.command("evaluate")
 @handles_errors
 def evaluate_cmd(
-    run: Annotated[Optional[str], typer.Option("--run", "-r", help="run name from distill.runs")] = None,
+    run: RunArg = None,
+    run_opt: RunOpt = None,
     checkpoint: Annotated[
         Optional[Path], typer.Option(help="evaluate this checkpoint instead of a run's student")
     ] = None,
@@ -162,7 +186,9 @@ def evaluate_cmd(
     """Sample a student (EMA, evaluate.respacing steps) and score it: FD family, precision/recall, cost figures."""
     from dkdm.stages import evaluate
 
-    evaluate.run(context(profile), run=run, checkpoint=checkpoint, teacher=teacher)
+    name = run_name(run, run_opt, required=False)
+    run_job(context(profile),
+            lambda ctx, dist: evaluate.run(ctx, run=name, checkpoint=checkpoint, teacher=teacher, dist=dist))
 
 
 @app.command("report")
@@ -181,7 +207,8 @@ def report_cmd(profile: ProfileOpt = None) -> None:
 @handles_errors
 def sample_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="a dkdm checkpoint (.safetensors with its .json sidecar)")],
-    num: Annotated[int, typer.Option("--num", "-n", min=1, help="number of samples")] = 64,
+    num: Annotated[int, typer.Option("--num-samples", "-n", "--num", min=1,
+                                      help="number of samples (under torchrun: -n or --num-samples)")] = 64,
     steps: Annotated[str, typer.Option(help="respaced steps: '50', 'ddim25', '' = all")] = "50",
     ddim: Annotated[bool, typer.Option(help="DDIM instead of ancestral IDDPM steps")] = False,
     eta: Annotated[float, typer.Option(help="DDIM eta")] = 0.0,
@@ -197,9 +224,9 @@ def sample_cmd(
     """Draw samples from a checkpoint: an ADM-compatible .npz and a PNG grid; deterministic for a seed."""
     from dkdm.stages import sample
 
-    ctx = context(profile)
-    sample.run(ctx, checkpoint=checkpoint, num=num, steps=steps, ddim=ddim, eta=eta,
-               batch_size=batch_size, seed=seed, ema=ema, out=out, grid=grid)
+    run_job(context(profile), lambda ctx, dist: sample.run(
+        ctx, checkpoint=checkpoint, num=num, steps=steps, ddim=ddim, eta=eta, batch_size=batch_size, seed=seed,
+        ema=ema, out=out, grid=grid, dist=dist))
 
 
 @app.command("dashboard")

@@ -43,6 +43,14 @@ class DistContext:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def all_gather_object(self, obj: object) -> list[object]:
+        """Every rank's `obj`, in rank order, on every rank (small picklable values: hashes, counts)."""
+        if not self.enabled:
+            return [obj]
+        out: list[object] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
     def gather_stacked(self, tensor: Tensor, *, chunk_rows: int = 4096) -> Tensor | None:
         """Stack every rank's `tensor` (same shape on all ranks) into (world, ...) on CPU at rank 0; None elsewhere.
 

@@ -5,6 +5,7 @@ over ranks as `rank.<k>` (leading dim = world size: the pool, pending batch, gen
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -44,6 +45,17 @@ def atomic_save_tensors(path: str | Path, tensors: dict[str, Tensor], meta: dict
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def weights_sha256(*modules: torch.nn.Module) -> str:
+    """One sha256 over the exact bytes of every state-dict tensor of `modules` (in key order): equal digests on
+    all ranks prove the DDP replicas ended identical, bit for bit."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for key, value in sorted(module.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:

@@ -258,7 +258,8 @@ class Trainer:
             raise CheckpointError(f"{path} is not a dkdm training state (format {meta.get('format')!r})")
         if meta["world_size"] != self.ctx.world_size:
             raise CheckpointError(f"{path} was written by {meta['world_size']} processes, this run has "
-                                  f"{self.ctx.world_size}; resume with the same world size")
+                                  f"{self.ctx.world_size}; resume with {meta['world_size']} processes, or delete "
+                                  f"{Path(path).parent} to start this run over")
         now = self.config.model_dump(mode="json")
         changed = sorted(k for k in set(now) | set(meta["config"])
                          if k not in RESUMABLE_CHANGES and now.get(k) != meta["config"].get(k))
@@ -268,7 +269,9 @@ class Trainer:
         self.ema.model.load_state_dict(split_prefix(tensors, "ema"))
         self.ema.num_updates = int(meta["ema_updates"])
         optimizer_from_flat(self.optimizer, split_prefix(tensors, "optim"), meta["optimizer"])
-        mine = {k: v[self.ctx.rank] for k, v in split_prefix(tensors, "rank").items()}
+        # A copy, not a view: Generator.set_state reads a state tensor from the start of its storage, so rank r > 0
+        # would restore rank 0's bytes shifted (or an invalid state) from a view at offset r.
+        mine = {k: v[self.ctx.rank].clone() for k, v in split_prefix(tensors, "rank").items()}
         self.source.load_state_tensors(split_prefix(mine, "source"))
         set_global_rng_state(self.device, split_prefix(mine, "rng"))
         self.step = int(meta["step"])

@@ -31,10 +31,11 @@ from dkdm.stages.common import (
     teacher_fingerprint,
     write_json,
 )
-from dkdm.stages.training import resume_state_file, train_network
+from dkdm.stages.training import job_run, report_weights, resume_state_file, train_network
 from dkdm.teacher_compat import check_teacher_compat
-from dkdm.tracking import start_run, student_model_name
+from dkdm.tracking import student_model_name
 from training.distill.config import DistillConfig
+from training.train.distributed import DistContext
 from training.train.trainer import EvalFn
 
 RUN_RECORD = "mlflow_run.json"
@@ -56,7 +57,17 @@ class CallCounter:
         self._handle.remove()
 
 
-def _inputs(ctx: Context, space: Space, config: DistillConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+def _check_pool_world(meta: dict[str, Any], world_size: int) -> None:
+    """Each rank keeps its own pool of round(rho*T)*b states (as the official code): a pool prepared by another
+    number of processes has another number of shards, and is refused rather than split unevenly."""
+    made_by = int(meta["settings"].get("world_size", 1))
+    if made_by != world_size:
+        raise DkdmError(f"{POOL_FILE} was prepared by {made_by} process(es), this job has {world_size}; rerun "
+                        f"`dkdm prepare-pool` with the same runtime.nproc_per_node x nnodes ({world_size})")
+
+
+def _inputs(ctx: Context, space: Space, config: DistillConfig,
+            world_size: int = 1) -> tuple[dict[str, Any], dict[str, Any]]:
     """The teacher-made source of `config.method` as train_network arguments, and what identifies it (resume key)."""
     from training.distill.config import POOL_METHODS
 
@@ -73,6 +84,7 @@ def _inputs(ctx: Context, space: Space, config: DistillConfig) -> tuple[dict[str
             if tuple(meta["settings"]["image_shape"]) != space.model_shape():
                 raise DkdmError(f"{POOL_FILE} holds {tuple(meta['settings']['image_shape'])} entries, not the "
                                 f"{space.name} model inputs {space.model_shape()}; rerun `dkdm prepare-pool`")
+            _check_pool_world(meta, world_size)
             kwargs["pool_path"] = POOL_FILE
             identity["pool"] = meta.get("settings")
         return kwargs, identity
@@ -106,7 +118,9 @@ def early_stop_metric(ctx: Context, space: Space, config: DistillConfig) -> Eval
                           batch_size=ev.batch_size, seed=ev.seed, device=ctx.device, metric_name=name)
 
 
-def run(ctx: Context, run_name: str, *, allowed: tuple[str, ...] | None) -> None:
+def run(ctx: Context, run_name: str, *, allowed: tuple[str, ...] | None, dist: DistContext | None = None) -> None:
+    """Train the student of `run_name`; under a job of W processes (`dist`) one DDP student, one MLflow run,
+    one checkpoint, written by rank 0."""
     from training.distill.config import POOL_METHODS
 
     check_teacher_compat(ctx.settings)  # before anything is written: a teacher of another T refused in one line
@@ -120,20 +134,23 @@ def run(ctx: Context, run_name: str, *, allowed: tuple[str, ...] | None) -> None
     first_stage = space.first_stage(ctx.device)
     counters = {} if first_stage is None else {"encoder": CallCounter(first_stage.encoder),
                                                "decoder": CallCounter(first_stage.decoder)}
-    kwargs, identity = _inputs(ctx, space, config)
+    kwargs, identity = _inputs(ctx, space, config, dist.world_size if dist is not None else 1)
     out_file = student_file(run_name)
     stage = "distill" if spec.method in POOL_METHODS else "train"
-    with start_run(settings, stage=stage, run_name=f"{run_name}-{preset}", method=spec.method, student=preset,
-                   tags={**md5_tags(None), "dkdm.run": run_name, "dkdm.space": space.name},
-                   resume_state=resume_state_file(settings, f"student-{run_name}", preset, config,
-                                                  identity)) as tracker:
+    with job_run(settings, dist, stage=stage, run_name=f"{run_name}-{preset}", method=spec.method, student=preset,
+                 tags={**md5_tags(None), "dkdm.run": run_name, "dkdm.space": space.name},
+                 resume_state=resume_state_file(settings, f"student-{run_name}", preset, config,
+                                                identity)) as tracker:
         result = train_network(
             ctx, space, name=f"student-{run_name}", preset=preset, config=config, out_file=out_file, tracker=tracker,
-            loss_csv=CURVES_DIR / f"{run_name}.csv", extra_key=identity,
+            loss_csv=CURVES_DIR / f"{run_name}.csv", extra_key=identity, dist=dist,
             provenance={"source": f"dkdm {stage}", "profile": settings.profile, "run": run_name,
                         "method": spec.method, "teacher": settings.teacher.preset},
             eval_fn=eval_fn, **kwargs,
         )
+        report_weights(tracker, dist, result["weights_sha256"])
+        if dist is not None and not dist.is_main:
+            return
         # Counted over the whole stage (sources built above included): the data-limited set is encoded once,
         # data-based training encodes every batch, everything else never touches the encoder.
         counts = {}
@@ -155,7 +172,8 @@ def run(ctx: Context, run_name: str, *, allowed: tuple[str, ...] | None) -> None
         write_json(student_dir(run_name) / RUN_RECORD, {
             "run_id": tracker.run_id, "steps": result["steps"], "seconds": result["seconds"],
             "train_seconds_per_100_iters": result["train_seconds_per_100_iters"],
-            "best_step": result["best_step"], "stopped_early": result["stopped_early"], **counts})
+            "best_step": result["best_step"], "stopped_early": result["stopped_early"],
+            "world_size": result["world_size"], "batch_size_global": result["batch_size_global"], **counts})
     for counter in counters.values():
         counter.remove()
     loss = f", final loss {result['final_loss']:.4f}" if result["final_loss"] is not None else ""

@@ -8,20 +8,22 @@ from dkdm.console import Context, summary
 from dkdm.errors import DkdmError
 from dkdm.spaces import space_for
 from dkdm.stages.common import CURVES_DIR, TEACHER_FILE, load_real_images, write_csv
-from dkdm.stages.training import resume_state_file, train_network
+from dkdm.stages.training import job_run, report_weights, resume_state_file, train_network
 from dkdm.tracking import start_run
+from training.train.distributed import DistContext
 
 
-def run(ctx: Context) -> None:
+def run(ctx: Context, *, dist: DistContext | None = None) -> None:
     if ctx.settings.teacher.source == "import":
-        import_(ctx)
-        # An imported teacher has no training curve, but dvc.yaml declares the plot file: it exists, empty.
-        write_csv(CURVES_DIR / "teacher.csv", ("step", "loss"), [])
+        if dist is None or dist.is_main:  # a conversion: one process does it, the others have nothing to do
+            import_(ctx)
+            # An imported teacher has no training curve, but dvc.yaml declares the plot file: it exists, empty.
+            write_csv(CURVES_DIR / "teacher.csv", ("step", "loss"), [])
     else:
-        train(ctx)
+        train(ctx, dist=dist)
 
 
-def train(ctx: Context, *, iterations: int | None = None) -> None:
+def train(ctx: Context, *, iterations: int | None = None, dist: DistContext | None = None) -> None:
     """Ordinary diffusion training on the real data (data_based). A latent teacher trains on the set encoded once:
     the first stage is frozen and the data not augmented, so that gives the very latents LDM's per-step encoding
     would (Table 9 times that per-step cost; the teacher here is only a means to an end)."""
@@ -34,14 +36,17 @@ def train(ctx: Context, *, iterations: int | None = None) -> None:
     config = DistillConfig(**train_cfg.model_dump(), method="data_based")
     images, _ = load_real_images(settings)
     inputs = space.encode_all(images, ctx.device)
-    with start_run(settings, stage="teacher", run_name=f"teacher-{teacher.preset}", method="teacher",
-                   student=teacher.preset, resume_state=resume_state_file(settings, "teacher", teacher.preset,
-                                                                          config)) as tracker:
+    with job_run(settings, dist, stage="teacher", run_name=f"teacher-{teacher.preset}", method="teacher",
+                 student=teacher.preset, resume_state=resume_state_file(settings, "teacher", teacher.preset,
+                                                                        config)) as tracker:
         result = train_network(
             ctx, space, name="teacher", preset=teacher.preset, config=config, out_file=TEACHER_FILE, tracker=tracker,
-            loss_csv=CURVES_DIR / "teacher.csv", real_images=inputs,
+            loss_csv=CURVES_DIR / "teacher.csv", real_images=inputs, dist=dist,
             provenance={"source": "train-teacher", "profile": settings.profile, "dataset": settings.data.dataset},
         )
+        report_weights(tracker, dist, result["weights_sha256"])
+        if dist is not None and not dist.is_main:
+            return
         if result["train_seconds_per_100_iters"] is not None:
             tracker.log_metrics({"train_seconds_per_100_iters": result["train_seconds_per_100_iters"]},
                                 result["steps"])

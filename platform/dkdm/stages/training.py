@@ -2,10 +2,12 @@
 checkpoint."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,11 @@ from dkdm.console import Context
 from dkdm.settings import Settings
 from dkdm.spaces import Space, space_for
 from dkdm.stages.common import WORK_DIR, clear_work_dir, work_dir, write_csv
+from dkdm.tracking import NullRunTracker, RunTracker, start_run
 from dkdm.tracking_resume import RUN_ID_KEY
 from training.distill.config import DistillConfig
 from training.distill.sources import Encoder
+from training.train.distributed import DistContext
 from training.train.tracker import Tracker
 from training.train.trainer import EvalFn, Trainer
 
@@ -45,6 +49,25 @@ class LossLog:
 
     def write(self) -> Path:
         return write_csv(self.csv_path, LOSS_COLUMNS, self.rows)
+
+
+@contextlib.contextmanager
+def job_run(settings: Settings, dist: DistContext | None, **kwargs: Any) -> Iterator[RunTracker | NullRunTracker]:
+    """`start_run(settings, **kwargs)` on rank 0 only: a job of W processes is one MLflow run, not W."""
+    if dist is not None and not dist.is_main:
+        yield NullRunTracker()
+        return
+    with start_run(settings, **kwargs) as tracker:
+        yield tracker
+
+
+def report_weights(tracker: RunTracker | NullRunTracker, dist: DistContext | None, digest: str) -> None:
+    """Each rank states the sha256 of its final weights on stderr; rank 0 also tags the run with every rank's."""
+    dist = dist or DistContext()
+    sys.stderr.write(f"dkdm: rank {dist.rank} of {dist.world_size} weights sha256 {digest}\n")
+    digests = dist.all_gather_object(digest)
+    if dist.is_main:
+        tracker.set_tags({f"dkdm.weights_sha256.rank{r}": d for r, d in enumerate(digests)})
 
 
 def run_key(name: str, config: DistillConfig, extra: Mapping[str, Any]) -> str:
@@ -96,43 +119,60 @@ def train_network(
     encode: Encoder | None = None,
     eval_fn: EvalFn | None = None,
     extra_key: Mapping[str, Any] | None = None,
+    dist: DistContext | None = None,
 ) -> dict[str, Any]:
     """Train `preset` with `config` in `space` and save EMA + raw weights to `out_file`.
 
     Resumes from `.dkdm/work/<name>-<hash>/` after an interruption; with early stopping the best EMA weights
     (by config.select_metric) become the checkpoint. Returns a small summary (steps, seconds, losses).
+
+    Under a job of W processes (`dist`) the student is one DDP model: each rank draws its own batch of
+    config.batch_size from its own source (its own pool of round(rho*T)*b states), so the global batch is
+    batch_size x W; only rank 0 writes files and talks to `tracker`. Every rank returns the sha256 of its final
+    weights (`weights_sha256`: equal on all ranks, or DDP went wrong).
     """
     import torch
 
     from training.distill.run import build_run
     from training.models import create_model, get_preset, save_checkpoint
+    from training.train.state import weights_sha256
 
     torch.manual_seed(config.seed)  # weight initialisation; the trainer seeds everything after it
     student = create_model(get_preset(preset))
     diffusion_config = space.diffusion_config()
     diffusion = space.process(diffusion_config, ctx.device)
     folder = work_dir(training_folder(space, name, preset, config, extra_key).name)
+    dist = dist or DistContext(device=ctx.device)
     log = LossLog(tracker, loss_csv)
     trainer = build_run(
         config, student=student, student_diffusion=diffusion, image_shape=space.model_shape(), device=ctx.device,
         teacher=teacher, teacher_diffusion=diffusion if teacher is not None else None, pool_path=pool_path,
         real_images=real_images, synthetic_images=synthetic_images, encode=encode, out_dir=folder, tracker=log,
-        eval_fn=eval_fn,
+        eval_fn=eval_fn, ctx=dist,
         run_meta={"name": name, "preset": preset, "space": space.name, RUN_ID_KEY: getattr(tracker, "run_id", "")},
     )
+    pool = getattr(trainer.source, "pool", None)
+    layout = {"world_size": dist.world_size, "batch_size_per_rank": config.batch_size,
+              "batch_size_global": config.batch_size * dist.world_size}
+    if pool is not None:
+        layout["pool_states_per_rank"] = len(pool)
+    tracker.log_params(layout)
     resumed = trainer.resume_if_possible()
     start_step = trainer.step
     started = time.perf_counter()
     result = trainer.run()
     seconds = time.perf_counter() - started
-    best_step = restore_best_ema(trainer, folder)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out_file, trainer.model, model_config=get_preset(preset), diffusion_config=diffusion_config,
-                    provenance={**provenance, "steps": result.step, "best_step": best_step},
-                    ema_model=trainer.ema.model)
-    log.write()
+    best_step = restore_best_ema(trainer, folder)  # every rank: the hashes below must agree
+    digest = weights_sha256(trainer.model, trainer.ema.model)  # after the best EMA: what the checkpoint holds
+    if dist.is_main:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(out_file, trainer.model, model_config=get_preset(preset), diffusion_config=diffusion_config,
+                        provenance={**provenance, "steps": result.step, "best_step": best_step,
+                                    **{k: v for k, v in layout.items() if k != "pool_states_per_rank"}},
+                        ema_model=trainer.ema.model)
+        log.write()
+        clear_work_dir(folder)  # finished: the resume state is no longer needed
     done = result.step - start_step
-    clear_work_dir(folder)  # finished: the resume state is no longer needed
     return {
         "steps": result.step,
         "resumed_from": start_step if resumed else None,
@@ -143,4 +183,6 @@ def train_network(
         "best_step": best_step,
         "final_loss": log.rows[-1]["loss"] if log.rows else None,
         "source_stats": result.source_stats,
+        "weights_sha256": digest,
+        **layout,
     }
