@@ -314,8 +314,7 @@ def prepare_pool(
     per_rank_work = torch.zeros(ctx.world_size, dtype=torch.int64, device=ctx.device)
     per_rank_work[ctx.rank] = state.evals
     ctx.all_reduce_sum(per_rank_work)
-    final_meta = {"format": POOL_FORMAT, "settings": settings, "teacher_evals": state.evals,
-                  "teacher_image_steps": int(per_rank_work.sum()),
+    final_meta = {"format": POOL_FORMAT, "settings": settings, "teacher_image_steps": int(per_rank_work.sum()),
                   "teacher_image_steps_per_rank": [int(v) for v in per_rank_work.cpu()]}
     stacked = {"x": ctx.gather_stacked(state.x), "s": ctx.gather_stacked(state.s)}
     if ctx.is_main:

@@ -5,8 +5,9 @@ A state after h teacher calls sits at grid point s_h = T - round(h * (T - e) / k
 the paper's distribution U{1..T-1}, and the teacher work is sum_i min(K, T - e_i) image-steps instead of
 sum_i (T - e_i). A hop of one index is the teacher's own ancestral step (learned variance included), so the paper's
 procedure is unchanged; a longer hop from index a to b goes through the teacher's x0 estimate: ancestral draws
-x_b ~ q(x_b | x_a, x0) (the posterior of the respaced process, with its lower-bound variance, as DDIM with eta 1),
-ddim takes the deterministic eta-0 update.
+x_b from the respaced process's reverse step, as IDDPM samples with `timestep_respacing` (the posterior mean
+q(x_b | x_a, x0); a teacher that learned its variance interpolates between the hop's beta and posterior variance
+by its own output, one that did not takes the posterior variance); ddim takes the deterministic eta-0 update.
 
 Index convention (see pool.py): a state at s holds x at the process's table index s - 1.
 """
@@ -46,20 +47,27 @@ class Hop:
         self.abar = table.to(torch.float64)
         self.sampler = sampler
 
-    def __call__(self, x_a: Tensor, x0: Tensor, s_from: Tensor, s_to: Tensor, noise: Tensor) -> Tensor:
+    def __call__(self, x_a: Tensor, teacher_out: dict[str, Tensor], s_from: Tensor, s_to: Tensor,
+                 noise: Tensor) -> Tensor:
         abar = self.abar.to(x_a.device)
         shape = (-1, *([1] * (x_a.ndim - 1)))
         a = abar[s_from - 1].reshape(shape)
         b = abar[s_to - 1].reshape(shape)
-        x_a64, x064 = x_a.double(), x0.double()
+        x_a64, x064 = x_a.double(), teacher_out["pred_xstart"].double()
         if self.sampler == "ddim":
             eps = (x_a64 - a.sqrt() * x064) / (1 - a).sqrt()
             out = b.sqrt() * x064 + (1 - b).sqrt() * eps
         else:
             ratio = a / b  # alpha of the one respaced step from b to a
             mean = (b.sqrt() * (1 - ratio) * x064 + ratio.sqrt() * (1 - b) * x_a64) / (1 - a)
-            variance = (1 - b) / (1 - a) * (1 - ratio)
-            out = mean + variance.sqrt() * noise.double()
+            beta = 1 - ratio
+            log_variance = torch.log((1 - b) / (1 - a) * beta)
+            learned = teacher_out.get("model_output")
+            channels = x_a.shape[1]
+            if learned is not None and learned.shape[1] == 2 * channels:  # IDDPM's learned range
+                frac = (learned[:, channels:].double() + 1) / 2
+                log_variance = frac * torch.log(beta) + (1 - frac) * log_variance
+            out = mean + torch.exp(0.5 * log_variance) * noise.double()
         return out.to(x_a.dtype)
 
 
@@ -82,6 +90,6 @@ class Walk:
         far = torch.ones_like(target, dtype=torch.bool) if self.ddim else target < s - 1
         if not bool(far.any()):
             return x_step, target
-        hopped = self.hop(x, teacher_out["pred_xstart"], s, target, noise)
+        hopped = self.hop(x, teacher_out, s, target, noise)
         mask = far.reshape(-1, *([1] * (x.ndim - 1)))
         return torch.where(mask, hopped, x_step), target
