@@ -60,6 +60,7 @@ class DistillConfig(TrainConfig):
     teacher_batch_size: int = Field(256, gt=0, description="teacher batch for pool preparation / chunk in training")
     discard_prob: float = Field(0.0, ge=0, lt=1, description="probability p of dropping a teacher batch")
     pool_dtype: PoolDType = "float32"
+    pool_prep: PoolPrep = Field(PoolPrep(), description="how the dynamic pool's states are reached (issue 18)")
     clip_denoised: bool = Field(True, description="teacher clamps x0 (pixel DKDM); false for latent teachers")
     data_fraction: float | None = Field(None, gt=0, lt=1, description="real fraction P for data_limited")
     synthetic_size: int | None = Field(None, gt=0, description="synthetic set size (default: real set size)")
@@ -84,6 +85,7 @@ class DistillConfig(TrainConfig):
             pool_dtype=self.pool_dtype,
             clip_denoised=self.clip_denoised,
             seed=self.seed,
+            prep=self.pool_prep,
         )
 
     def train_config(self) -> TrainConfig:

@@ -33,6 +33,7 @@ from training.train.state import atomic_save_tensors
 
 POOL_FORMAT = "dkdm-pool/1"
 PARTIAL_FORMAT = "dkdm-pool-partial/1"
+POOL_WORK_METRIC = "pool_teacher_image_steps"  # the MLflow metric of a preparation's teacher work
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 

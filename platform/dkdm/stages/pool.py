@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 
 def run(ctx: Context, *, out: Path | None = None, dist: DistContext | None = None) -> None:
-    from training.distill.pool import DTYPES, pool_nbytes, prepare_pool, read_pool_meta
+    from training.distill.pool import DTYPES, POOL_WORK_METRIC, pool_nbytes, prepare_pool, read_pool_meta
     from training.distill.teacher import DiffusionTeacherStep
 
     settings = ctx.settings
@@ -44,7 +44,7 @@ def run(ctx: Context, *, out: Path | None = None, dist: DistContext | None = Non
     d = settings.distill
     space = space_for(settings)
     base = pool_distill_config(settings)
-    config = base.pool_config().model_copy(update={"prep": d.pool_prep})
+    config = base.pool_config()
     job = job_of(ctx, dist)
     teacher, diffusion = space.load_teacher(job.device)
     shape = space.model_shape()
@@ -69,7 +69,7 @@ def run(ctx: Context, *, out: Path | None = None, dist: DistContext | None = Non
         staged.replace(out)
         work = int(meta["teacher_image_steps"])
         tracker.log_metrics({"pool_entries": float(entries * job.world_size), "pool_bytes": float(nbytes),
-                             "pool_seconds": ctx.elapsed(), "pool_teacher_image_steps": float(work)}, 0)
+                             "pool_seconds": ctx.elapsed(), POOL_WORK_METRIC: float(work)}, 0)
         tracker.set_tags({"dkdm.pool.settings": json.dumps(meta.get("settings", {}), sort_keys=True)[:5000]})
     clear_work_dir(folder)
     ranks = f" x {job.world_size} ranks" if job.enabled else ""
