@@ -103,3 +103,27 @@ def test_a_respaced_preparation_resumes_to_the_same_pool(tmp_path, monkeypatch):
     a, b = load_pool(straight), load_pool(resumed)
     assert torch.equal(a.x, b.x) and torch.equal(a.s, b.s), "the grid position survives the interruption"
     assert read_pool_meta(straight)["teacher_image_steps"] == read_pool_meta(resumed)["teacher_image_steps"]
+
+
+def test_a_pool_prepared_for_a_run_walks_the_grid_and_logs_its_work():
+    """The reproduction prepares each student's pool in memory: `pool_prep` must reach it through the run's config,
+    and the run records the work (the metric the report puts beside each pool variant)."""
+    from training.distill import DistillConfig, build_run
+    from training.train.tracker import ListTracker
+
+    diffusion = create_diffusion(steps=12, noise_schedule="cosine", learn_sigma=True)
+    T = diffusion.num_timesteps
+    works = {}
+    for prep in (PoolPrep(), RESPACED):
+        config = DistillConfig(method="dynamic", rho=1.0, batch_size=16, teacher_batch_size=64, iterations=1,
+                               pool_prep=prep)
+        assert config.pool_config().prep == prep
+        tracker = ListTracker()
+        trainer = build_run(config, student=create_model(get_preset("ci-student")), student_diffusion=diffusion,
+                            image_shape=SHAPE, device="cpu", teacher=_teacher(), teacher_diffusion=diffusion,
+                            tracker=tracker)
+        pool = trainer.source.pool  # type: ignore[attr-defined]
+        assert len(pool) == 12 * 16
+        works[prep.procedure] = teacher_work(pool.s, T, prep)
+        assert tracker.series("pool_teacher_image_steps") == [(0, float(works[prep.procedure]))]
+    assert works["respaced"] < works["paper"]
