@@ -218,7 +218,7 @@ def test_interrupted_preparation_resumes_to_the_same_pool(tmp_path):
                  teacher_step=resumed_step)
     a, b = load_pool(straight), load_pool(target)
     assert torch.equal(a.x, b.x) and torch.equal(a.s, b.s), "resumed preparation must be bit-identical"
-    assert sum(len(c) for c in resumed_step.calls) < a.meta["teacher_evals"], "resume skipped finished work"
+    assert sum(len(c) for c in resumed_step.calls) < a.meta["teacher_image_steps"], "resume skipped finished work"
     with pytest.raises(PoolError, match="different settings"):
         prepare_pool(None, diffusion, _pool_config(rho=2.0), target, image_shape=SHAPE, device="cpu",
                      progress=False, teacher_step=FakeTeacher())

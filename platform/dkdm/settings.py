@@ -20,7 +20,7 @@ from dkdm.settings_pipeline import PipelineSettings, check_pipeline, with_pipeli
 from dkdm.tuning.config import TuneSettings
 from dkdm.yaml_files import load_mapping
 from training.diffusion.config import DiffusionConfig
-from training.distill.config import DATASET_METHODS, POOL_METHODS, DistillConfig, Method, PoolDType
+from training.distill.config import DATASET_METHODS, POOL_METHODS, DistillConfig, Method, PoolDType, PoolPrep
 from training.train.config import TrainConfig
 
 DATASETS = ("digits", "cifar10", "celeba64", "imagenet32", "folder", "npz")
@@ -154,6 +154,8 @@ class DistillSettings(Section):
     rho: float = Field(0.4, gt=0, description="dynamic pool size = round(rho*T) * batch_size")
     teacher_batch_size: int = Field(256, gt=0)
     pool_dtype: PoolDType = "float32"
+    # How the pool stage reaches each state (issue 18): the paper's full chains, or a respaced grid of K hops.
+    pool_prep: PoolPrep = PoolPrep()
     clip_denoised: bool = True
     train: TrainConfig = TrainConfig()
     eval_samples: int = Field(256, gt=1, description="samples per periodic FD' (train.eval_every)")

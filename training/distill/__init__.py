@@ -9,7 +9,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "DistillConfig": "config", "PoolConfig": "config",
+    "DistillConfig": "config", "PoolConfig": "config", "PoolPrep": "config",
     "dkdm_losses": "objective", "dkdm_loss_fn": "objective", "hybrid_loss_fn": "objective",
     "check_compatible": "compat", "IncompatibleError": "compat",
     "DiffusionTeacherStep": "teacher", "TeacherStep": "teacher",

@@ -2,7 +2,8 @@
 
 A synthetic set is a safetensors artifact: `images` (N, C, H, W) uint8 for pixel sets (as the official sampler
 saves them) or float16 for latent sets, plus JSON metadata. Batch i of the set is drawn from its own generator
-(seed, batch index), so a set is the same however often its writing was interrupted and resumed.
+(seed, batch index), so a set is the same however often its writing was interrupted and resumed, and however
+many ranks shared the batches.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from training.diffusion import GaussianDiffusion
+from training.eval.shard import batch_rows, gather_batches, rank_batches
+from training.train.distributed import DistContext
 from training.train.precision import autocast_for
 from training.train.rng import make_generator
 from training.train.state import atomic_save_tensors
@@ -49,14 +52,18 @@ def synthesize_dataset(
     progress: bool = True,
     resume: bool = True,
     save_every_batches: int = 10,
+    dist: DistContext | None = None,
 ) -> Path:
     """Sample `num_images` from the teacher (ancestral, or DDIM eta 0) on `diffusion` (already respaced as wanted).
 
-    Progress is saved every `save_every_batches` batches to `<out_path>.partial` and resumed from there.
+    Under `dist` rank r draws batches r, r+W, ... and rank 0 writes the set, the same set as one process writes.
+    Each rank saves its progress every `save_every_batches` of its batches to its own work file
+    (`<out_path>.partial`, or `.partial.rank<r>-of-<W>`) and resumes from there.
     """
     if num_images < 1 or batch_size < 1:
         raise DatasetError(f"num_images and batch_size must be positive, got {num_images} and {batch_size}")
     out_path, dev = Path(out_path), torch.device(device)
+    dist = dist or DistContext(device=dev)
     settings = {"num_images": num_images, "image_shape": list(image_shape), "seed": seed, "use_ddim": use_ddim,
                 "clip_denoised": clip_denoised, "quantize": quantize, "batch_size": batch_size,
                 "diffusion": diffusion.config.to_dict()}
@@ -65,16 +72,18 @@ def synthesize_dataset(
             return out_path
         raise DatasetError(f"{out_path} exists with different settings; remove it or choose another output path")
     dtype = torch.uint8 if quantize else torch.float16
-    images = torch.empty((num_images, *image_shape), dtype=dtype)
-    done = 0
-    partial = out_path.with_name(out_path.name + ".partial")
+    mine = list(rank_batches(num_images, batch_size, dist))
+    rows = sum(batch_rows(k, num_images, batch_size)[1] for k in mine)
+    images = torch.empty((rows, *image_shape), dtype=dtype)
+    done_batches, done = 0, 0
+    partial = _partial_path(out_path, dist)
     if resume and partial.is_file():
-        tensors = load_file(str(partial))
         meta = read_synthetic_meta(partial, expect_format=SYNTHETIC_FORMAT + "-partial")
         if meta.get("settings") != settings:
             raise DatasetError(f"partial set {partial} was started with different settings; delete it")
         done = int(meta["done"])
-        images[:done] = tensors["images"][:done]
+        done_batches = int(meta.get("done_batches", done // batch_size))  # files of one process before sharding
+        images[:done] = load_file(str(partial))["images"][:done]
 
     teacher = teacher.eval()
 
@@ -82,24 +91,32 @@ def synthesize_dataset(
         with autocast_for(dev):
             return teacher(x, t)
 
-    batches = range(done // batch_size, -(-num_images // batch_size))
-    bar = tqdm(total=num_images, initial=done, unit="img", desc="synthesize", disable=not progress)
+    bar = tqdm(total=rows, initial=done, unit="img", desc="synthesize", disable=not (progress and dist.is_main))
     with torch.no_grad():
-        for i in batches:
-            n = min(batch_size, num_images - i * batch_size)
-            generator = make_generator(dev, seed, "synthetic", rank=i)
+        for j in range(done_batches, len(mine)):
+            n = batch_rows(mine[j], num_images, batch_size)[1]
+            generator = make_generator(dev, seed, "synthetic", rank=mine[j])  # the batch index, never the rank
             x = diffusion.sample(forward, (n, *image_shape), generator=generator, device=dev, use_ddim=use_ddim,
                                  clip_denoised=clip_denoised)
-            images[i * batch_size : i * batch_size + n] = to_uint8(x).cpu() if quantize else x.to(dtype).cpu()
-            done = i * batch_size + n
+            images[done : done + n] = to_uint8(x).cpu() if quantize else x.to(dtype).cpu()
+            done += n
             bar.update(n)
-            if (i + 1) % save_every_batches == 0 and done < num_images:
-                atomic_save_tensors(partial, {"images": images[:done]},
-                                    {"format": SYNTHETIC_FORMAT + "-partial", "settings": settings, "done": done})
+            if (j + 1) % save_every_batches == 0 and j + 1 < len(mine):
+                atomic_save_tensors(partial, {"images": images[:done]}, {
+                    "format": SYNTHETIC_FORMAT + "-partial", "settings": settings, "done": done,
+                    "done_batches": j + 1})
     bar.close()
-    atomic_save_tensors(out_path, {"images": images}, {"format": SYNTHETIC_FORMAT, "settings": settings})
+    full = gather_batches(images, num_images, batch_size, dist)
+    if full is not None:
+        atomic_save_tensors(out_path, {"images": full}, {"format": SYNTHETIC_FORMAT, "settings": settings})
+    dist.barrier()
     partial.unlink(missing_ok=True)
     return out_path
+
+
+def _partial_path(out_path: Path, dist: DistContext) -> Path:
+    suffix = ".partial" if not dist.enabled else f".partial.rank{dist.rank}-of-{dist.world_size}"
+    return out_path.with_name(out_path.name + suffix)
 
 
 def read_synthetic_meta(path: str | Path, *, expect_format: str = SYNTHETIC_FORMAT) -> dict[str, Any]:

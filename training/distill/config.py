@@ -13,6 +13,23 @@ DATASET_METHODS = ("data_free", "data_limited", "data_based")
 PoolDType = Literal["float32", "float16", "bfloat16"]
 
 
+class PoolPrep(BaseModel):
+    """How the pool's states are reached (issue 18). `paper`: each state walks the teacher's full ancestral chain
+    from T down to its end step e (about T/2 teacher calls per state). `respaced`: at most `steps` teacher calls per
+    state, on an evenly spaced grid from T that ends exactly at e; `sampler` says how a hop of several steps is
+    taken (ancestral: the posterior q(x_b | x_a, x0) with its own variance; ddim: eta 0)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    procedure: Literal["paper", "respaced"] = Field("paper", description="paper | respaced (cheaper start)")
+    steps: int = Field(25, ge=1, description="respaced: teacher calls per state at most (K)")
+    sampler: Literal["ancestral", "ddim"] = Field("ancestral", description="respaced: how a hop of many steps goes")
+
+    def max_hops(self) -> int | None:
+        """Teacher calls per state at most; None = the full chain."""
+        return self.steps if self.procedure == "respaced" else None
+
+
 class PoolConfig(BaseModel):
     """What defines a prepared pool: size, teacher batch, storage precision and the teacher's clamping."""
 
@@ -25,6 +42,7 @@ class PoolConfig(BaseModel):
     clip_denoised: bool = Field(True, description="clamp the teacher's x0 estimate (pixel: true, latent: false)")
     seed: int = Field(0, ge=0)
     save_every_s: float = Field(300.0, gt=0, description="seconds between partial saves while preparing")
+    prep: PoolPrep = Field(PoolPrep(), description="how the states are reached (the paper's full chains by default)")
 
     def num_entries(self, num_timesteps: int) -> int:
         """Entries per process: round(rho*T) * b, as the official `round(BATCH*T)*b`."""
@@ -42,6 +60,7 @@ class DistillConfig(TrainConfig):
     teacher_batch_size: int = Field(256, gt=0, description="teacher batch for pool preparation / chunk in training")
     discard_prob: float = Field(0.0, ge=0, lt=1, description="probability p of dropping a teacher batch")
     pool_dtype: PoolDType = "float32"
+    pool_prep: PoolPrep = Field(PoolPrep(), description="how the dynamic pool's states are reached (issue 18)")
     clip_denoised: bool = Field(True, description="teacher clamps x0 (pixel DKDM); false for latent teachers")
     data_fraction: float | None = Field(None, gt=0, lt=1, description="real fraction P for data_limited")
     synthetic_size: int | None = Field(None, gt=0, description="synthetic set size (default: real set size)")
@@ -70,6 +89,7 @@ class DistillConfig(TrainConfig):
             pool_dtype=self.pool_dtype,
             clip_denoised=self.clip_denoised,
             seed=self.seed,
+            prep=self.pool_prep,
         )
 
     def train_config(self) -> TrainConfig:

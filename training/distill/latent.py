@@ -26,6 +26,7 @@ from training.distill.pool import DTYPES, Pool, noise_pool, pool_nbytes, prepare
 from training.distill.run import source_and_loss
 from training.distill.sources import BatchSource, DatasetSource, Encoder
 from training.distill.teacher import DiffusionTeacherStep, TeacherStep
+from training.train.distributed import DistContext
 from training.train.precision import autocast_for
 
 log = logging.getLogger(__name__)
@@ -104,12 +105,14 @@ class _SynthesisConfig(dict):
 
 def synthesize_latents(teacher: nn.Module, diffusion: LatentDiffusion, num_latents: int, out_path: str | Path, *,
                        latent_shape: tuple[int, ...], batch_size: int, device: torch.device | str, seed: int = 0,
-                       steps: int = SYNTHETIC_DDIM_STEPS, progress: bool = True) -> Path:
+                       steps: int = SYNTHETIC_DDIM_STEPS, progress: bool = True,
+                       dist: DistContext | None = None) -> Path:
     """The data-free baseline's synthetic set: teacher DDIM samples (eta 0) kept as float16 latents (resumable)."""
     sampler = _DDIMSynthesis(diffusion, steps, 0.0)
     return synthesize_dataset(teacher, sampler, num_latents, out_path,  # type: ignore[arg-type]
                               image_shape=tuple(latent_shape), batch_size=batch_size, device=device, seed=seed,
-                              use_ddim=True, clip_denoised=False, quantize=False, progress=progress)
+                              use_ddim=True, clip_denoised=False, quantize=False, progress=progress,
+                              dist=dist)
 
 
 def latent_source_and_loss(config: DistillConfig, *, teacher: nn.Module, diffusion: LatentDiffusion,

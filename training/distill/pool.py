@@ -3,7 +3,12 @@ safetensors artifact.
 
 An entry is (s, x): s is the index of the teacher step that produced x (s = T means fresh noise); the next time
 the entry is used, x is fed to the networks at index s - 1. Preparation starts every entry at s = T and walks it
-down to its own end index e ~ U{1..T-1}, in teacher batches of mixed timesteps.
+down to its own end index e ~ U{1..T-1}, in teacher batches of mixed timesteps: every step by default (the paper),
+or in at most K hops on a respaced grid (`PoolConfig.prep`, pool_prep.py).
+
+Under a job of W processes each rank prepares its own round(rho*T)*b entries (rank-distinct seeds), as every
+process of the official code keeps its own pool; the artifact holds the W shards one after the other (rank r's
+rows at [r*N, (r+1)*N)) and records `world_size`, and `load_pool` gives rank r its own shard back.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from tqdm.auto import tqdm
 
 from training.diffusion import GaussianDiffusion
 from training.distill.config import PoolConfig
+from training.distill.pool_prep import Walk
 from training.distill.teacher import DiffusionTeacherStep, TeacherStep
 from training.train.distributed import DistContext
 from training.train.rng import make_generator
@@ -27,6 +33,7 @@ from training.train.state import atomic_save_tensors
 
 POOL_FORMAT = "dkdm-pool/1"
 PARTIAL_FORMAT = "dkdm-pool-partial/1"
+POOL_WORK_METRIC = "pool_teacher_image_steps"  # the MLflow metric of a preparation's teacher work
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -73,11 +80,11 @@ def noise_pool(num_entries: int, image_shape: tuple[int, ...], num_timesteps: in
 
 def prepare_in_memory(step: TeacherStep, num_entries: int, image_shape: tuple[int, ...], num_timesteps: int, *,
                       batch_size: int, dtype: torch.dtype, device: torch.device,
-                      generator: torch.Generator) -> Pool:
+                      generator: torch.Generator, walk: Walk | None = None) -> Pool:
     """A prepared pool without files (shuffled distillation's single batch, tests)."""
     state = _start_state(num_entries, image_shape, num_timesteps, batch_size=batch_size, dtype=dtype,
                          device=device, generator=generator)
-    state = run_preparation(step, state, batch_size=batch_size, ctx=DistContext(device=device))
+    state = run_preparation(step, state, batch_size=batch_size, ctx=DistContext(device=device), walk=walk)
     return Pool(state.x, state.s, num_timesteps, {"teacher_evals": state.evals})
 
 
@@ -99,6 +106,7 @@ class _PrepState:
     x: Tensor
     s: Tensor
     e: Tensor
+    hops: Tensor  # teacher calls each entry has had (its position on its grid)
     slots: Tensor  # entry indices in flight (at most one teacher batch)
     cursor: int  # position in `order` of the next entry not yet started
     evals: int  # image-steps done so far
@@ -114,7 +122,7 @@ class _PrepState:
         padded = torch.full((batch_size,), -1, dtype=torch.int64)
         padded[: self.slots.numel()] = self.slots.cpu()
         return {
-            "x": self.x, "s": self.s, "e": self.e, "slots": padded,
+            "x": self.x, "s": self.s, "e": self.e, "hops": self.hops, "slots": padded,
             "counters": torch.tensor([self.cursor, self.evals], dtype=torch.int64),
             "generator": self.generator.get_state(),
         }
@@ -128,7 +136,8 @@ def _start_state(num_entries: int, image_shape: tuple[int, ...], num_timesteps: 
     s = torch.full((num_entries,), num_timesteps, dtype=torch.int64, device=device)
     e = torch.randint(1, num_timesteps, (num_entries,), generator=generator, device=generator.device).to(device)
     first = min(batch_size, num_entries)
-    state = _PrepState(x, s, e, torch.empty(0, dtype=torch.int64, device=device), first, 0, generator)
+    hops = torch.zeros_like(s)
+    state = _PrepState(x, s, e, hops, torch.empty(0, dtype=torch.int64, device=device), first, 0, generator)
     state.slots = state.order[:first].clone()
     return state
 
@@ -142,14 +151,15 @@ def run_preparation(
     progress: bool = False,
     on_save: Any = None,
     save_every_s: float = 300.0,
+    walk: Walk | None = None,
 ) -> _PrepState:
     """Advance every entry from its s down to its end e, `batch_size` entries per teacher call.
 
     In-flight slots that finish are refilled from the next unstarted entries (longest chains first), so
     batches stay full, and hold mixed timesteps, until a short tail. `on_save(state)` is called collectively
-    every `save_every_s` seconds.
+    every `save_every_s` seconds. `walk` None (or the paper's) moves every entry one step per teacher call.
     """
-    total = int((state.s - state.e).clamp(min=0).sum()) + state.evals
+    total = _remaining_work(state, walk) + state.evals
     bar = tqdm(total=total, initial=state.evals, unit="img-step", desc="prepare pool",
                disable=not (progress and ctx.is_main), dynamic_ncols=True)
     # All ranks must enter the save/stop collectives at the same iteration counts.
@@ -160,12 +170,16 @@ def run_preparation(
         slots = state.slots
         if slots.numel():
             x_in = state.x[slots].float()
-            t = state.s[slots] - 1
+            s_now = state.s[slots]
             noise = torch.randn(x_in.shape, generator=state.generator, device=state.generator.device)
-            _, x_next = step(x_in, t, noise.to(x_in.device))
+            noise = noise.to(x_in.device)
+            out, x_step = step(x_in, s_now - 1, noise)
+            x_next, target = (x_step, s_now - 1) if walk is None else walk.advance(
+                x_in, out, x_step, s_now, state.e[slots], state.hops[slots], noise)
             state.x[slots] = x_next.to(state.x.dtype)
-            state.s[slots] = t
-            finished = t <= state.e[slots]
+            state.s[slots] = target
+            state.hops[slots] += 1
+            finished = target <= state.e[slots]
             n_finished = int(finished.sum())
             state.evals += slots.numel()
             bar.update(slots.numel())
@@ -190,6 +204,14 @@ def run_preparation(
     return state
 
 
+def _remaining_work(state: _PrepState, walk: Walk | None) -> int:
+    from training.distill.pool_prep import hop_count
+
+    if walk is None or walk.max_hops is None:
+        return int((state.s - state.e).clamp(min=0).sum())
+    return int((hop_count(state.e, walk.num_timesteps, walk.max_hops) - state.hops).clamp(min=0).sum())
+
+
 def _meta(config: PoolConfig, diffusion: GaussianDiffusion, image_shape: tuple[int, ...], per_rank: int,
           ctx: DistContext) -> dict[str, Any]:
     return {
@@ -205,6 +227,7 @@ def _meta(config: PoolConfig, diffusion: GaussianDiffusion, image_shape: tuple[i
         "pool_dtype": config.pool_dtype,
         "clip_denoised": config.clip_denoised,
         "seed": config.seed,
+        "pool_prep": config.prep.model_dump(mode="json"),
     }
 
 
@@ -220,12 +243,12 @@ def _load_partial(path: Path, expected: dict[str, Any], ctx: DistContext, genera
             raise PoolError(
                 f"partial pool {path} was started with different settings; delete it or pass resume=False"
             )
-        row = {k: f.get_slice(k)[ctx.rank] for k in ("x", "s", "e", "slots", "counters", "generator")}
+        row = {k: f.get_slice(k)[ctx.rank] for k in ("x", "s", "e", "hops", "slots", "counters", "generator")}
     generator.set_state(row["generator"])
     slots = row["slots"][row["slots"] >= 0]
     cursor, evals = (int(v) for v in row["counters"])
-    return _PrepState(row["x"].to(device), row["s"].to(device), row["e"].to(device), slots.to(device),
-                      cursor, evals, generator)
+    return _PrepState(row["x"].to(device), row["s"].to(device), row["e"].to(device), row["hops"].to(device),
+                      slots.to(device), cursor, evals, generator)
 
 
 def _write_stacked(path: Path, ctx: DistContext, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
@@ -250,7 +273,8 @@ def prepare_pool(
     ctx: DistContext | None = None,
     teacher_step: TeacherStep | None = None,
 ) -> Path:
-    """Prepare the pool (each process its own round(rho*T)*b entries) and write `out_path` (safetensors: x, s).
+    """Prepare the pool (each process its own round(rho*T)*b entries, by `config.prep`) and write `out_path`
+    (safetensors: x, s; metadata: the settings, `world_size` and the teacher image-steps spent).
 
     Partial progress is saved atomically every `config.save_every_s` seconds to `<out_path>.partial` and
     picked up when `resume` is true; an existing finished artifact with the same settings is reused.
@@ -287,8 +311,12 @@ def prepare_pool(
                        {"format": PARTIAL_FORMAT, "settings": settings})
 
     state = run_preparation(step, state, batch_size=config.teacher_batch_size, ctx=ctx, progress=progress,
-                            on_save=save_partial, save_every_s=config.save_every_s)
-    final_meta = {"format": POOL_FORMAT, "settings": settings, "teacher_evals": state.evals}
+                            on_save=save_partial, save_every_s=config.save_every_s, walk=Walk(config.prep, diffusion))
+    per_rank_work = torch.zeros(ctx.world_size, dtype=torch.int64, device=ctx.device)
+    per_rank_work[ctx.rank] = state.evals
+    ctx.all_reduce_sum(per_rank_work)
+    final_meta = {"format": POOL_FORMAT, "settings": settings, "teacher_image_steps": int(per_rank_work.sum()),
+                  "teacher_image_steps_per_rank": [int(v) for v in per_rank_work.cpu()]}
     stacked = {"x": ctx.gather_stacked(state.x), "s": ctx.gather_stacked(state.s)}
     if ctx.is_main:
         tensors = {k: v.reshape(-1, *v.shape[2:]) for k, v in stacked.items() if v is not None}
@@ -313,17 +341,28 @@ def read_pool_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_pool(path: str | Path, *, device: torch.device | str = "cpu", ctx: DistContext | None = None) -> Pool:
-    """Load a pool artifact; under torchrun each rank gets its own contiguous shard."""
+def load_pool(path: str | Path, *, device: torch.device | str = "cpu", ctx: DistContext | None = None,
+              rank: int | None = None, world_size: int | None = None) -> Pool:
+    """Rank `rank`'s own pool (round(rho*T)*b entries) from an artifact prepared by a job of `world_size`
+    processes (both default to `ctx`'s, or one process). A pool made for another world size is refused, naming
+    both: re-sharding would change every rank's pool size and so the method's rho."""
     path = Path(path)
     meta = read_pool_meta(path)
     ctx = ctx or DistContext()
+    rank = ctx.rank if rank is None else rank
+    world_size = ctx.world_size if world_size is None else world_size
+    prepared = int(meta["settings"].get("world_size", 1))
+    if prepared != world_size:
+        raise PoolError(f"pool {path} was prepared by {prepared} process(es) but this job has {world_size}; "
+                        f"prepare it again with {world_size} (dkdm prepare-pool under the same world size)")
+    if not 0 <= rank < world_size:
+        raise PoolError(f"rank {rank} is outside a job of {world_size} processes")
     with safe_open(str(path), framework="pt") as f:
         total = f.get_slice("s").get_shape()[0]
-        if total % ctx.world_size:
-            raise PoolError(f"pool {path} has {total} entries, not divisible by {ctx.world_size} processes")
-        size = total // ctx.world_size
-        lo, hi = ctx.rank * size, (ctx.rank + 1) * size
+        size = total // world_size
+        if size * world_size != total:
+            raise PoolError(f"pool {path} has {total} entries, not {world_size} equal shards")
+        lo, hi = rank * size, (rank + 1) * size
         x = f.get_slice("x")[lo:hi]
         s = f.get_slice("s")[lo:hi]
     return Pool(x.to(device), s.to(device), int(meta["settings"]["num_timesteps"]), meta)

@@ -17,7 +17,16 @@ from training.distill.baselines import DatasetError, mix_data_limited
 from training.distill.compat import check_compatible
 from training.distill.config import POOL_METHODS, DistillConfig
 from training.distill.objective import LossFn, dkdm_loss_fn, hybrid_loss_fn
-from training.distill.pool import DTYPES, Pool, PoolError, load_pool, noise_pool, prepare_in_memory
+from training.distill.pool import (
+    DTYPES,
+    POOL_WORK_METRIC,
+    Pool,
+    PoolError,
+    load_pool,
+    noise_pool,
+    prepare_in_memory,
+)
+from training.distill.pool_prep import Walk
 from training.distill.sources import BatchSource, DatasetSource, Encoder, PoolSource
 from training.distill.teacher import DiffusionTeacherStep, TeacherStep
 from training.train.distributed import DistContext
@@ -26,8 +35,9 @@ from training.train.tracker import Tracker
 from training.train.trainer import EvalFn, Trainer
 
 
-def _pool_for(config: DistillConfig, step: TeacherStep, num_timesteps: int, image_shape: tuple[int, ...],
+def _pool_for(config: DistillConfig, step: TeacherStep, diffusion: Process, image_shape: tuple[int, ...],
               device: torch.device, ctx: DistContext, pool_path: str | Path | None) -> Pool:
+    num_timesteps = diffusion.num_timesteps
     dtype = DTYPES[config.pool_dtype]
     generator = make_generator(device, config.seed, "prepare", ctx.rank)
     b = config.batch_size
@@ -37,9 +47,13 @@ def _pool_for(config: DistillConfig, step: TeacherStep, num_timesteps: int, imag
         return prepare_in_memory(step, b, image_shape, num_timesteps, batch_size=config.teacher_batch_size,
                                  dtype=dtype, device=device, generator=generator)
     if pool_path is None:
-        return prepare_in_memory(step, config.pool_config().num_entries(num_timesteps), image_shape,
-                                 num_timesteps, batch_size=config.teacher_batch_size, dtype=dtype, device=device,
-                                 generator=generator)
+        prepared = prepare_in_memory(step, config.pool_config().num_entries(num_timesteps), image_shape,
+                                     num_timesteps, batch_size=config.teacher_batch_size, dtype=dtype, device=device,
+                                     generator=generator, walk=Walk(config.pool_prep, diffusion))
+        # Every rank prepared its own pool: the job's work is their sum, as a pool file records it.
+        work = torch.tensor([prepared.meta["teacher_evals"]], dtype=torch.int64, device=ctx.device)
+        prepared.meta["teacher_image_steps"] = int(ctx.all_reduce_sum(work).item())
+        return prepared
     pool = load_pool(pool_path, device=device, ctx=ctx)
     if pool.num_timesteps != num_timesteps:
         raise PoolError(f"pool {pool_path} was prepared for T={pool.num_timesteps}, the student has T={num_timesteps}")
@@ -108,7 +122,7 @@ def source_and_loss(
             raise ValueError(f"method {config.method!r} needs the teacher")
         step = DiffusionTeacherStep(teacher.to(dev), diffusion, clip_denoised=config.clip_denoised,
                                     batch_size=config.teacher_batch_size, precision=config.precision)
-        pool = pool or _pool_for(config, step, T, image_shape, dev, ctx, pool_path)
+        pool = pool or _pool_for(config, step, diffusion, image_shape, dev, ctx, pool_path)
         source: BatchSource = PoolSource(
             pool, step, batch_size=config.batch_size, select_all=config.method != "dynamic",
             discard_prob=config.discard_prob,
@@ -171,6 +185,9 @@ def build_run(
     )
     if config.method in POOL_METHODS:
         loss = dkdm_loss_fn(student_diffusion)
+        work = source.pool.meta.get("teacher_image_steps") if isinstance(source, PoolSource) else None
+        if tracker is not None and work is not None and ctx.is_main:
+            tracker.log_metrics({POOL_WORK_METRIC: float(work)}, 0)  # the preparation's cost, beside the run's
     meta = {"method": config.method, **(run_meta or {})}
     return Trainer(student, config, source, loss, device=dev, out_dir=out_dir, tracker=tracker, eval_fn=eval_fn,
                    ctx=ctx, run_meta=meta)

@@ -18,6 +18,8 @@ from tqdm.auto import tqdm
 
 from training.data.dataset import check_images_uint8, from_model_range
 from training.eval.artifacts import atomic_write
+from training.eval.shard import sample_sharded
+from training.train.distributed import DistContext
 
 
 def sample_seed(seed: int, index: int) -> int:
@@ -68,11 +70,13 @@ def generate_samples(
     image_size: int | None = None,
     channels: int | None = None,
     amp: bool = False,
-) -> np.ndarray:
+    dist: DistContext | None = None,
+) -> np.ndarray | None:
     """`n` samples as uint8 N×H×W×C, from the reverse chain of `diffusion` (respace it for 50 IDDPM steps).
 
     Ancestral IDDPM steps by default (the paper's protocol), DDIM with `use_ddim`. `amp` runs the
-    network in float16 on CUDA (the paper samples in fp16) and bfloat16 on CPU.
+    network in float16 on CUDA (the paper samples in fp16) and bfloat16 on CPU. Under `dist` the batches are
+    shared among the ranks and gathered on rank 0 (other ranks get None), the same images as one process.
     """
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be positive, got n={n}, batch_size={batch_size}")
@@ -85,31 +89,31 @@ def generate_samples(
     was_training = isinstance(model, nn.Module) and model.training
     if isinstance(model, nn.Module):
         model.eval()
-    out = np.empty((n, image_size, image_size, channels), dtype=np.uint8)
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    bar = tqdm(total=n, desc="ddim" if use_ddim else "sampling", unit="img", disable=not progress)
+    bar = tqdm(total=n, desc="ddim" if use_ddim else "sampling", unit="img",
+               disable=not progress or (dist is not None and not dist.is_main))
+
+    def draw(start: int, count: int) -> Tensor:
+        noise = _PerSampleNoise(seed, start, count, sample_shape)
+        x = noise.draw(device)
+        for i in range(diffusion.num_timesteps - 1, -1, -1):
+            t = torch.full((count,), i, dtype=torch.int64, device=device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                if use_ddim:
+                    step_noise = noise.draw(device) if eta != 0 else None
+                    step = diffusion.ddim_sample(model, x, t, clip_denoised=clip_denoised, eta=eta, noise=step_noise)
+                else:
+                    step = diffusion.p_sample(model, x, t, clip_denoised=clip_denoised, noise=noise.draw(device))
+            x = step["sample"].float()
+        return torch.from_numpy(from_model_range(x))
+
     try:
-        for start in range(0, n, batch_size):
-            count = min(batch_size, n - start)
-            noise = _PerSampleNoise(seed, start, count, sample_shape)
-            x = noise.draw(device)
-            for i in range(diffusion.num_timesteps - 1, -1, -1):
-                t = torch.full((count,), i, dtype=torch.int64, device=device)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                    if use_ddim:
-                        step_noise = noise.draw(device) if eta != 0 else None
-                        step = diffusion.ddim_sample(model, x, t, clip_denoised=clip_denoised, eta=eta,
-                                                     noise=step_noise)
-                    else:
-                        step = diffusion.p_sample(model, x, t, clip_denoised=clip_denoised, noise=noise.draw(device))
-                x = step["sample"].float()
-            out[start : start + count] = from_model_range(x)
-            bar.update(count)
+        images = sample_sharded(draw, n, batch_size, dist, on_batch=bar.update)
     finally:
         bar.close()
         if was_training:
             model.train()  # type: ignore[union-attr]
-    return out
+    return None if images is None else images.numpy()
 
 
 def save_samples_npz(path: str | Path, images: np.ndarray) -> Path:

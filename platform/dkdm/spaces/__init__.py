@@ -20,6 +20,7 @@ from dkdm.settings import Settings
 from training.diffusion import Process
 from training.distill.sources import Encoder
 from training.models.checkpoint import CheckpointMeta
+from training.train.distributed import DistContext
 
 SpaceName = Literal["pixel", "latent"]
 
@@ -77,13 +78,16 @@ class Space(Protocol):
 
     def sample(self, model: nn.Module, process: Process, n: int, *, steps: str, use_ddim: bool, eta: float,
                clip_denoised: bool, batch_size: int, seed: int, device: torch.device,
-               progress: bool = False) -> np.ndarray:
-        """`n` uint8 NHWC images from `model`; sample i depends on (seed, i) only, not on the batch size."""
+               progress: bool = False, dist: DistContext | None = None) -> np.ndarray | None:
+        """`n` uint8 NHWC images from `model`; sample i depends on (seed, i) only, not on the batch size. Under
+        `dist` the ranks share the batches and rank 0 gets all n images (the same as one process); others get None."""
         ...
 
     def synthesize(self, teacher: nn.Module, process: Process, count: int, out: Path, *, steps: str,
-                   batch_size: int, seed: int, clip_denoised: bool, device: torch.device, progress: bool) -> Path:
-        """The teacher's set D' as stored model inputs (resumable)."""
+                   batch_size: int, seed: int, clip_denoised: bool, device: torch.device, progress: bool,
+                   dist: DistContext | None = None) -> Path:
+        """The teacher's set D' as stored model inputs (resumable; under `dist` the ranks share the batches and rank 0
+        writes the file)."""
         ...
 
 

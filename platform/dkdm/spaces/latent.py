@@ -24,6 +24,7 @@ from training.diffusion import Process
 from training.diffusion.ldm import FirstStage, LatentDiffusion
 from training.distill.sources import Encoder
 from training.models.checkpoint import CheckpointMeta
+from training.train.distributed import DistContext
 
 __all__ = ["AUTOENCODER_INFO", "FIRST_STAGE_FILE", "LatentSpace", "decode_to_images", "load_latent_model",
            "sample_latents", "upsample"]
@@ -96,6 +97,20 @@ def decode_to_images(first_stage: FirstStage, diffusion: LatentDiffusion, latent
     return np.concatenate(out)
 
 
+def _latent_batch(model: nn.Module, diffusion: LatentDiffusion, start: int, rows: int, *, shape: tuple[int, ...],
+                  count: int, use_ddim: bool, eta: float, seed: int, device: torch.device | str) -> Tensor:
+    """Latents start .. start+rows-1: their noise streams depend on (seed, index) and (seed, batch start) only."""
+    from training.eval.sampling import sample_seed
+
+    noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(sample_seed(seed, start + i)))
+                         for i in range(rows)]).to(device)
+    generator = torch.Generator(device=torch.device(device)).manual_seed(sample_seed(seed, ETA_STREAM + start))
+    with torch.no_grad():
+        z = diffusion.sample(model, (rows, *shape), generator=generator, steps=count, eta=eta, device=device,
+                             noise=noise, use_ddim=use_ddim)
+    return z.float().cpu()
+
+
 def sample_latents(model: nn.Module, diffusion: LatentDiffusion, n: int, *, shape: tuple[int, ...], steps: str,
                    use_ddim: bool, eta: float, batch_size: int, seed: int, device: torch.device | str) -> Tensor:
     """`n` latents from `model`: DDIM with `steps` (LDM's uniform rule; '' = T) or the full ancestral chain.
@@ -103,21 +118,11 @@ def sample_latents(model: nn.Module, diffusion: LatentDiffusion, n: int, *, shap
     Each sample's starting noise comes from its own (seed, index) stream, so a seed gives the same latents whatever
     the batch size.
     """
-    from training.eval.sampling import sample_seed
-
     model.eval()
     count = int(steps) if steps else diffusion.num_timesteps
-    out = []
-    for start in range(0, n, batch_size):
-        rows = min(batch_size, n - start)
-        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(sample_seed(seed, start + i)))
-                             for i in range(rows)]).to(device)
-        generator = torch.Generator(device=torch.device(device)).manual_seed(sample_seed(seed, ETA_STREAM + start))
-        with torch.no_grad():
-            z = diffusion.sample(model, (rows, *shape), generator=generator, steps=count, eta=eta, device=device,
-                                 noise=noise, use_ddim=use_ddim)
-        out.append(z.float().cpu())
-    return torch.cat(out)
+    return torch.cat([_latent_batch(model, diffusion, start, min(batch_size, n - start), shape=shape, count=count,
+                                    use_ddim=use_ddim, eta=eta, seed=seed, device=device)
+                      for start in range(0, n, batch_size)])
 
 
 class LatentSpace:
@@ -212,23 +217,34 @@ class LatentSpace:
 
     def sample(self, model: nn.Module, process: Process, n: int, *, steps: str, use_ddim: bool, eta: float,
                clip_denoised: bool, batch_size: int, seed: int, device: torch.device,
-               progress: bool = False) -> np.ndarray:
-        """DDIM (or ancestral) latents of the model's own shape, decoded by this profile's first stage."""
+               progress: bool = False, dist: DistContext | None = None) -> np.ndarray | None:
+        """DDIM (or ancestral) latents of the model's own shape, decoded by this profile's first stage; under
+        `dist` each rank samples and decodes its share of the batches (rank 0 gets them all, the others None)."""
+        from training.eval.shard import sample_sharded
+
         assert isinstance(process, LatentDiffusion)
         config = model.config  # type: ignore[union-attr]
         shape = (int(config.in_channels), int(config.image_size), int(config.image_size))
-        count = str(self.sampling_steps(process, steps, use_ddim))
-        z = sample_latents(model, process, n, shape=shape, steps=count, use_ddim=use_ddim, eta=eta,
-                           batch_size=batch_size, seed=seed, device=device)
-        return decode_to_images(self.first_stage(device), process, z, image_size=self.settings.data.image_size,
-                                batch_size=batch_size, device=device)
+        count = self.sampling_steps(process, str(steps), use_ddim)
+        first_stage = self.first_stage(device)
+        model.eval()
+
+        def draw(start: int, rows: int) -> Tensor:
+            z = _latent_batch(model, process, start, rows, shape=shape, count=count, use_ddim=use_ddim, eta=eta,
+                              seed=seed, device=device)
+            return torch.from_numpy(decode_to_images(first_stage, process, z, image_size=self.settings.data.image_size,
+                                                     batch_size=batch_size, device=device))
+
+        images = sample_sharded(draw, n, batch_size, dist)
+        return None if images is None else images.numpy()
 
     def synthesize(self, teacher: nn.Module, process: Process, count: int, out: Path, *, steps: str,
-                   batch_size: int, seed: int, clip_denoised: bool, device: torch.device, progress: bool) -> Path:
+                   batch_size: int, seed: int, clip_denoised: bool, device: torch.device, progress: bool,
+                   dist: DistContext | None = None) -> Path:
         """Teacher DDIM latents (eta 0), float16; the paper's latent D' uses DDIM-100."""
         from training.distill.latent import synthesize_latents
 
         assert isinstance(process, LatentDiffusion)
         return synthesize_latents(teacher, process, count, out, latent_shape=self.model_shape(),
                                   batch_size=batch_size, device=device, seed=seed,
-                                  steps=self.sampling_steps(process, steps, True), progress=progress)
+                                  steps=self.sampling_steps(process, steps, True), progress=progress, dist=dist)

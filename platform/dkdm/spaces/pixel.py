@@ -14,6 +14,7 @@ from dkdm.stages.common import TEACHER_FILE, require
 from training.diffusion import GaussianDiffusion, Process, create_diffusion
 from training.distill.sources import Encoder
 from training.models.checkpoint import CheckpointMeta
+from training.train.distributed import DistContext
 
 
 def _respacing(steps: str, use_ddim: bool) -> str:
@@ -89,17 +90,18 @@ class PixelSpace:
 
     def sample(self, model: nn.Module, process: Process, n: int, *, steps: str, use_ddim: bool, eta: float,
                clip_denoised: bool, batch_size: int, seed: int, device: torch.device,
-               progress: bool = False) -> np.ndarray:
+               progress: bool = False, dist: DistContext | None = None) -> np.ndarray | None:
         from training.eval.sampling import generate_samples
 
         return generate_samples(model, self._respaced(process, steps, use_ddim), n, batch_size=batch_size, seed=seed,
                                 device=device, use_ddim=use_ddim, eta=eta, clip_denoised=clip_denoised,
-                                progress=progress)
+                                progress=progress, dist=dist)
 
     def synthesize(self, teacher: nn.Module, process: Process, count: int, out: Path, *, steps: str,
-                   batch_size: int, seed: int, clip_denoised: bool, device: torch.device, progress: bool) -> Path:
+                   batch_size: int, seed: int, clip_denoised: bool, device: torch.device, progress: bool,
+                   dist: DistContext | None = None) -> Path:
         from training.distill.baselines import synthesize_dataset
 
         return synthesize_dataset(teacher, self._respaced(process, steps, False), count, out,
                                   image_shape=self.model_shape(), batch_size=batch_size, device=device, seed=seed,
-                                  clip_denoised=clip_denoised, progress=progress)
+                                  clip_denoised=clip_denoised, progress=progress, dist=dist)

@@ -158,12 +158,13 @@ def base_distill_config(settings: Settings) -> DistillConfig:
 
 
 def pool_distill_config(settings: Settings) -> DistillConfig:
-    """Only what preparing a dynamic run's pool reads (rho, batch, seed, precision and the teacher's step), so the
-    pool stage does not depend on the learning rate or the iteration budget; its `pool_config()` is the pool."""
+    """Only what preparing a dynamic run's pool reads (rho, batch, seed, precision, the teacher's step and how the
+    states are reached), so the pool stage does not depend on the learning rate or the iteration budget; its
+    `pool_config()` is the pool."""
     d = settings.distill
     return DistillConfig(method="dynamic", rho=d.rho, batch_size=d.train.batch_size, seed=d.train.seed,
                          precision=d.train.precision, teacher_batch_size=d.teacher_batch_size,
-                         pool_dtype=d.pool_dtype, clip_denoised=d.clip_denoised)
+                         pool_dtype=d.pool_dtype, pool_prep=d.pool_prep, clip_denoised=d.clip_denoised)
 
 
 def periodic_fd_teacher(ctx: Context, config: DistillConfig) -> tuple[FeatureExtractor, ReferenceStats, str]:

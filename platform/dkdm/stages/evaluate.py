@@ -30,8 +30,10 @@ from dkdm.stages.common import (
     student_file,
     write_json,
 )
+from dkdm.stages.ranks import job_of, main_run
 from dkdm.teacher_compat import check_evaluation
-from dkdm.tracking import NullRunTracker, RunTracker, start_run, student_model_name
+from dkdm.tracking import NullRunTracker, RunTracker, student_model_name
+from training.train.distributed import DistContext
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,8 @@ def _backfill_lineage(ctx: Context, run: str, tracker: RunTracker | NullRunTrack
     return {"dkdm.dvc.student_md5": md5}
 
 
-def _generation_costs(generate: Callable[[int, int], np.ndarray], steps: int, device: torch.device) -> dict[str, float]:
+def _generation_costs(generate: Callable[[int, int], np.ndarray | None], steps: int,
+                      device: torch.device) -> dict[str, float]:
     """Wall seconds for 256 samples (decoding included in latent space: it is part of the model's cost); images/s
     too at the paper's 50 steps. One untimed sample first, so one-time costs (CUDA context, kernels) are not counted."""
     from training.eval.costs import GEN_IMAGES, PAPER_STEPS
@@ -104,7 +107,10 @@ def _generation_costs(generate: Callable[[int, int], np.ndarray], steps: int, de
     return figures
 
 
-def run(ctx: Context, *, run: str | None = None, checkpoint: Path | None = None, teacher: bool = False) -> None:
+def run(ctx: Context, *, run: str | None = None, checkpoint: Path | None = None, teacher: bool = False,
+        dist: DistContext | None = None) -> None:
+    """Under a job of W processes the ranks share the sampling (the same images as one process, in 1/W of the
+    time); rank 0 scores them, measures the costs on its own device, writes the files and records the run."""
     from training.eval.costs import device_name, peak_memory_mb, reset_peak_memory
     from training.eval.evaluate import evaluate_samples
     from training.eval.sampling import save_grid, save_samples_npz
@@ -115,36 +121,40 @@ def run(ctx: Context, *, run: str | None = None, checkpoint: Path | None = None,
     target = _target(ctx, run, checkpoint, teacher)
     check_evaluation(settings, target.file, pipeline_file=target.method is not None)  # before any write
     space = space_for(settings)
-    extractor = make_extractor(settings, ctx.device)
+    job = job_of(ctx, dist)
+    device = job.device
+    extractor = make_extractor(settings, device)
     real_stats = load_reference_stats(require(REAL_STATS_FILE, "dkdm features"), expected_space=extractor.space)
     teacher_stats = load_reference_stats(require(TEACHER_STATS_FILE, "dkdm reference"), expected_space=extractor.space)
-    model, process, _ = space.load_model(target.file, ctx.device, ema=ev.use_ema)
+    model, process, _ = space.load_model(target.file, device, ema=ev.use_ema)
     steps = space.sampling_steps(process, ev.respacing, ev.use_ddim)
 
-    def generate(n: int, seed: int) -> np.ndarray:
+    def generate(n: int, seed: int, shards: DistContext | None = None) -> np.ndarray | None:
         with torch.no_grad():
             return space.sample(model, process, n, steps=ev.respacing, use_ddim=ev.use_ddim, eta=ev.eta,
-                                clip_denoised=ev.clip_denoised, batch_size=min(ev.batch_size, max(n, 1)), seed=seed,
-                                device=ctx.device, progress=ctx.progress_enabled and n > 1)
+                                  clip_denoised=ev.clip_denoised, batch_size=min(ev.batch_size, max(n, 1)),
+                                  seed=seed, device=device, progress=ctx.progress_enabled and n > 1, dist=shards)
 
     out_dir = target.out
-    out_dir.mkdir(parents=True, exist_ok=True)
     tags = {"dkdm.dvc.teacher_md5": locked_md5("teacher", str(TEACHER_FILE.parent)), "dkdm.run": target.name,
             "dkdm.space": space.name}
-    with start_run(settings, stage="evaluate", run_name=f"evaluate-{target.name}", method=target.method,
-                   student=target.preset, tags={k: v for k, v in tags.items() if v}) as tracker:
+    with main_run(ctx, job, stage="evaluate", run_name=f"evaluate-{target.name}", method=target.method,
+                  student=target.preset, tags={k: v for k, v in tags.items() if v}) as tracker:
+        reset_peak_memory(device)
+        samples = generate(ev.num_samples, ev.seed, job)
+        peak = peak_memory_mb(device)
+        if samples is None:  # ranks other than 0: rank 0 holds every sample
+            return
         if run is not None:
             tracker.set_tags(_backfill_lineage(ctx, run, tracker))
-        reset_peak_memory(ctx.device)
-        samples = generate(ev.num_samples, ev.seed)
-        peak = peak_memory_mb(ctx.device)
+        out_dir.mkdir(parents=True, exist_ok=True)
         save_samples_npz(out_dir / "samples.npz", samples)
         grid = save_grid(out_dir / "grid.png", samples[: ev.grid_size], nrow=8,
                          scale=max(1, 64 // settings.data.image_size))
         metrics = evaluate_samples(samples, extractor=extractor, real_stats=real_stats, teacher_stats=teacher_stats,
                                    batch_size=settings.features.batch_size, seed=ev.seed)
         if ev.measure_costs:
-            metrics.update(_generation_costs(lambda n, _: generate(n, ev.seed + 1), steps, ctx.device))
+            metrics.update(_generation_costs(lambda n, _: generate(n, ev.seed + 1), steps, device))
         metrics["peak_memory_mb"] = peak
         record = student_dir(run) / "mlflow_run.json" if run is not None else None
         if record is not None and record.is_file():
@@ -155,10 +165,11 @@ def run(ctx: Context, *, run: str | None = None, checkpoint: Path | None = None,
         metrics["sampling_steps"] = float(steps)
         metrics["num_samples"] = float(ev.num_samples)
         write_json(out_dir / "metrics.json", {k: float(v) for k, v in sorted(metrics.items())})
-        write_json(out_dir / "info.json", {"device_name": device_name(ctx.device), "checkpoint": str(target.file),
+        write_json(out_dir / "info.json", {"device_name": device_name(device), "checkpoint": str(target.file),
                                            "method": target.method, "preset": target.preset,
-                                           "space": space.name, "sampler": "ddim" if ev.use_ddim else "ancestral"})
-        tracker.set_tags({"device_name": device_name(ctx.device)})
+                                           "space": space.name, "sampler": "ddim" if ev.use_ddim else "ancestral",
+                                           "world_size": job.world_size})
+        tracker.set_tags({"device_name": device_name(device)})
         tracker.log_metrics(metrics, 0)
         tracker.log_artifact(grid, "samples")
         tracker.log_artifact(out_dir / "metrics.json", "evaluation")

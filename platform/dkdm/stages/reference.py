@@ -21,11 +21,14 @@ from dkdm.stages.common import (
     teacher_fingerprint,
     write_json,
 )
+from dkdm.stages.ranks import job_of, main_run
 from dkdm.teacher_compat import check_teacher_compat
-from dkdm.tracking import start_run
+from training.train.distributed import DistContext
 
 
-def run(ctx: Context) -> None:
+def run(ctx: Context, *, dist: DistContext | None = None) -> None:
+    """Under a job of W processes the ranks share D''s batches (the same set as one process draws); rank 0
+    writes it, scores it and records the run."""
     from training.distill.baselines import load_synthetic
     from training.eval.evaluate import noise_floor
     from training.eval.sampling import save_grid
@@ -37,22 +40,26 @@ def run(ctx: Context) -> None:
     space = space_for(settings)
     real, _ = load_real_images(settings)
     count = ref.num_samples or len(real)
-    teacher, diffusion = space.load_teacher(ctx.device)
+    job = job_of(ctx, dist)
+    device = job.device
+    teacher, diffusion = space.load_teacher(device)
     steps = space.sampling_steps(diffusion, ref.respacing, space.synthesis_ddim)
-    REFERENCE_DIR.mkdir(parents=True, exist_ok=True)
-    with start_run(settings, stage="reference", run_name="reference-teacher-samples", method="teacher",
-                   tags={**md5_tags(None), "dkdm.space": space.name}) as tracker:
+    with main_run(ctx, job, stage="reference", run_name="reference-teacher-samples", method="teacher",
+                  tags={**md5_tags(None), "dkdm.space": space.name}) as tracker:
         # Written in a work folder first: DVC empties the out before a rerun, which would lose a partial set.
         folder = keyed_work_dir("reference", seed=ref.seed, count=count, teacher=teacher_fingerprint(), steps=steps,
                                 diffusion=diffusion.config.to_dict(), batch=ref.batch_size)
         staged = space.synthesize(teacher, diffusion, count, folder / SYNTHETIC_FILE.name, steps=ref.respacing,
                                   batch_size=ref.batch_size, seed=ref.seed,
-                                  clip_denoised=settings.distill.clip_denoised, device=ctx.device,
-                                  progress=ctx.progress_enabled)
+                                  clip_denoised=settings.distill.clip_denoised, device=device,
+                                  progress=ctx.progress_enabled, dist=job)
+        if not job.is_main:
+            return
+        REFERENCE_DIR.mkdir(parents=True, exist_ok=True)
         staged.replace(SYNTHETIC_FILE)
         clear_work_dir(folder)
-        samples = space.to_images(load_synthetic(SYNTHETIC_FILE), batch_size=ref.batch_size, device=ctx.device)
-        extractor = make_extractor(settings, ctx.device)
+        samples = space.to_images(load_synthetic(SYNTHETIC_FILE), batch_size=ref.batch_size, device=device)
+        extractor = make_extractor(settings, device)
         compute_reference_stats(samples, extractor, TEACHER_STATS_FILE, batch_size=settings.features.batch_size,
                                 seed=ref.seed, name="teacher", progress=ctx.progress_enabled)
         floor = noise_floor(samples, extractor=extractor, seed=ref.seed, batch_size=settings.features.batch_size)
@@ -63,4 +70,5 @@ def run(ctx: Context) -> None:
                          scale=max(1, 64 // settings.data.image_size))
         tracker.log_artifact(grid, "samples")
     floor_text = ", ".join(f"{k} {v:.3f}" for k, v in floor.items())
-    summary(f"reference: {count} {space.name} teacher samples ({steps} steps), {floor_text} -> {REFERENCE_DIR}")
+    summary(f"reference: {count} {space.name} teacher samples ({steps} steps, {job.world_size} process(es)), "
+            f"{floor_text} -> {REFERENCE_DIR}")
