@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import inspect
 import re
 import shutil
 import signal
@@ -62,40 +61,6 @@ def rank_hashes(stderr: str) -> dict[int, str]:
     return found
 
 
-PREPARE_POOL_2_RANKS = """
-from dkdm.command import context
-from dkdm.launch import distributed_job
-from dkdm.spaces import space_for
-from dkdm.stages.common import POOL_FILE, pool_distill_config
-from training.distill.pool import prepare_pool
-
-ctx = context(None)
-with distributed_job(ctx) as dist:
-    space = space_for(ctx.settings)
-    teacher, diffusion = space.load_teacher(ctx.device)
-    prepare_pool(teacher, diffusion, pool_distill_config(ctx.settings).pool_config(), POOL_FILE,
-                 image_shape=space.model_shape(), device=ctx.device, progress=False, ctx=dist)
-"""
-
-
-def sharded_stages_merged() -> bool:
-    """Whether prepare-pool / reference / evaluate take a `dist` (issue 14 part B, branch `shard`)."""
-    from dkdm.stages import evaluate, pool, reference
-
-    return all("dist" in inspect.signature(m.run).parameters for m in (pool, reference, evaluate))
-
-
-def prepare_pool_2_ranks(repo: Path) -> None:
-    if sharded_stages_merged():
-        torchrun(repo, "prepare-pool")
-        return
-    # Until part B lands: the same preparation as the stage, by the library, in a 2-process job.
-    script = repo / ".dkdm" / "prepare_pool_2_ranks.py"
-    script.parent.mkdir(exist_ok=True)
-    script.write_text(PREPARE_POOL_2_RANKS)
-    _run(repo, [str(BIN / "torchrun"), "--nproc_per_node", "2", str(script)])
-
-
 @pytest.fixture(scope="module")
 def ci_repo(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """A fresh clone on the `ci` profile with its data, a 2-process teacher and a 2-process pool."""
@@ -103,7 +68,7 @@ def ci_repo(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     prepare_copy(repo, "ci")
     dkdm(repo, "data")
     teacher = torchrun(repo, "teacher", extra={"DKDM_TEACHER__TRAIN__ITERATIONS": "8"})  # its size is not tested
-    prepare_pool_2_ranks(repo)
+    torchrun(repo, "prepare-pool")
     return repo, teacher
 
 
@@ -253,7 +218,6 @@ def test_a_resume_state_of_another_world_size_is_refused_naming_both(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not sharded_stages_merged(), reason="needs the sharded sampling stages (issue 14 part B)")
 def test_dvc_repro_with_two_processes_per_node_completes(tmp_path):
     repo = tmp_path / "repo"
     prepare_copy(repo, "ci")

@@ -341,6 +341,14 @@ def read_pool_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def check_pool_world(path: str | Path, meta: dict[str, Any], world_size: int) -> None:
+    """Refuse, naming both sizes, a pool prepared by a job of another number of processes."""
+    prepared = int(meta["settings"].get("world_size", 1))
+    if prepared != world_size:
+        raise PoolError(f"pool {path} was prepared by {prepared} process(es) but this job has {world_size}; "
+                        f"prepare it again with {world_size} (dkdm prepare-pool under the same world size)")
+
+
 def load_pool(path: str | Path, *, device: torch.device | str = "cpu", ctx: DistContext | None = None,
               rank: int | None = None, world_size: int | None = None) -> Pool:
     """Rank `rank`'s own pool (round(rho*T)*b entries) from an artifact prepared by a job of `world_size`
@@ -351,10 +359,7 @@ def load_pool(path: str | Path, *, device: torch.device | str = "cpu", ctx: Dist
     ctx = ctx or DistContext()
     rank = ctx.rank if rank is None else rank
     world_size = ctx.world_size if world_size is None else world_size
-    prepared = int(meta["settings"].get("world_size", 1))
-    if prepared != world_size:
-        raise PoolError(f"pool {path} was prepared by {prepared} process(es) but this job has {world_size}; "
-                        f"prepare it again with {world_size} (dkdm prepare-pool under the same world size)")
+    check_pool_world(path, meta, world_size)
     if not 0 <= rank < world_size:
         raise PoolError(f"rank {rank} is outside a job of {world_size} processes")
     with safe_open(str(path), framework="pt") as f:

@@ -57,15 +57,6 @@ class CallCounter:
         self._handle.remove()
 
 
-def _check_pool_world(meta: dict[str, Any], world_size: int) -> None:
-    """Each rank keeps its own pool of round(rho*T)*b states (as the official code): a pool prepared by another
-    number of processes has another number of shards, and is refused rather than split unevenly."""
-    made_by = int(meta["settings"].get("world_size", 1))
-    if made_by != world_size:
-        raise DkdmError(f"{POOL_FILE} was prepared by {made_by} process(es), this job has {world_size}; rerun "
-                        f"`dkdm prepare-pool` with the same runtime.nproc_per_node x nnodes ({world_size})")
-
-
 def _inputs(ctx: Context, space: Space, config: DistillConfig,
             world_size: int = 1) -> tuple[dict[str, Any], dict[str, Any]]:
     """The teacher-made source of `config.method` as train_network arguments, and what identifies it (resume key)."""
@@ -78,13 +69,13 @@ def _inputs(ctx: Context, space: Space, config: DistillConfig,
     if method in POOL_METHODS:
         kwargs["teacher"], _ = space.load_teacher(ctx.device)
         if method == "dynamic":
-            from training.distill.pool import read_pool_meta
+            from training.distill.pool import check_pool_world, read_pool_meta
 
             meta = read_pool_meta(require(POOL_FILE, "dkdm prepare-pool"))
             if tuple(meta["settings"]["image_shape"]) != space.model_shape():
                 raise DkdmError(f"{POOL_FILE} holds {tuple(meta['settings']['image_shape'])} entries, not the "
                                 f"{space.name} model inputs {space.model_shape()}; rerun `dkdm prepare-pool`")
-            _check_pool_world(meta, world_size)
+            check_pool_world(POOL_FILE, meta, world_size)  # before the run starts: nothing half-written
             kwargs["pool_path"] = POOL_FILE
             identity["pool"] = meta.get("settings")
         return kwargs, identity
