@@ -110,7 +110,7 @@ def test_shipped_definitions_validate(name):
         # every budget falls on a curve point: the verdicts compare at recorded steps
         assert all((b * train["iterations"]) % train["eval_every"] == 0 for b in exp.budgets)
     if name == "params.yaml":
-        assert train["iterations"] == 1600 and train["eval_every"] * 8 == train["iterations"]  # 8 curve points
+        assert train["iterations"] == 800 and train["eval_every"] * 8 == train["iterations"]  # 8 curve points
     if name == "params-cifar10.yaml":
         assert params.settings["distill"]["train"]["select_metric"] == "fid_teacher"  # Table 2's best FID'
 
@@ -125,7 +125,7 @@ def test_a_variant_brings_its_own_settings(tmp_path):
     assert (base.distill.student, dit.distill.student) == ("digits-student", "digits-dit-student")
     assert dit.distill.train == base.distill.train
     config = distill_config(dit, params.experiment.variant_specs["dit_dynamic"], 3)
-    assert (config.method, config.rho, config.seed, config.iterations) == ("dynamic", 0.4, 3, 1600)
+    assert (config.method, config.rho, config.seed, config.iterations) == ("dynamic", 0.4, 3, 800)
     assert not config.random_flip  # digits: never flipped
     # an override the run's config cannot carry is refused, not silently dropped
     stray = params.experiment.variant_specs["dit_dynamic"].model_copy(update={"settings": {"distill": {"runs": {}}}})
