@@ -176,7 +176,7 @@ def test_a_killed_rank_stops_the_job_and_the_rerun_resumes_bit_identically(ci_re
 
     alone = dkdm(repo, "distill", "dynamic", extra=LONG, ok=False)  # one process cannot take a 2-process pool
     assert alone.returncode == 2
-    assert "prepared by 2 process(es), this job has 1" in alone.stderr.strip().splitlines()[-1], alone.stderr
+    assert "prepared by 2 process(es) but this job has 1" in alone.stderr.strip().splitlines()[-1], alone.stderr
 
     dkdm(repo, "distill", "dynamic", extra=TWO)  # the same command again: resumes
     resumed = load_file(str(repo / STUDENT))
