@@ -1,34 +1,15 @@
-"""The paper's claims as pairwise comparisons, and the one rule that turns comparisons into a verdict.
-
-Rule (printed in the report): a claim lists comparisons "A is better (lower) than B" on one metric.
-- reproduced: every listed comparison is significant in the claimed direction (Welch t-test, two-sided, alpha);
-- not reproduced: any listed comparison, or any `reversal` comparison, is significant in the opposite direction;
-- inconclusive: otherwise (including too few seeds).
-The rule is fixed before the results are read; nothing in the experiment is tuned toward it.
+"""The paper's claims as pairwise comparisons "A is better (lower) than B" on one metric, plus `reversals`: pairs
+whose significant opposite contradicts the claim. The rule that turns them into verdicts, at every budget of the
+curves, lives in `dkdm.reproduce.budgets`; it is fixed before the results are read.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
-
-from dkdm.reproduce.stats import Outcome, compare
 
 Verdict = Literal["reproduced", "not reproduced", "inconclusive"]
 Metric = Literal["fd", "fd_teacher"]
-
-
-@dataclass(frozen=True)
-class Comparison:
-    better: str
-    worse: str
-    outcome: Outcome
-    p: float
-
-    def text(self, labels: Mapping[str, str]) -> str:
-        sign = {"better": "<", "worse": ">", "tie": "≈", "unknown": "?"}[self.outcome]
-        p = f"p={self.p:.3g}" if self.p == self.p else "p=n/a"
-        return f"{labels.get(self.better, self.better)} {sign} {labels.get(self.worse, self.worse)} ({p})"
 
 
 @dataclass(frozen=True)
@@ -39,31 +20,6 @@ class Claim:
     metric: Metric
     pairs: tuple[tuple[str, str], ...]
     reversals: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True)
-class ClaimResult:
-    claim: Claim
-    verdict: Verdict
-    comparisons: list[Comparison] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-
-
-def decide(claim: Claim, values: Mapping[str, Sequence[float]], alpha: float) -> ClaimResult:
-    """Apply the rule to `values[variant]` (one score per seed, lower is better)."""
-    needed = {v for pair in (*claim.pairs, *claim.reversals) for v in pair}
-    missing = sorted(v for v in needed if len(values.get(v, ())) == 0)
-    if missing:
-        return ClaimResult(claim, "inconclusive", [], missing)
-    listed = [Comparison(a, b, *compare(values[a], values[b], alpha)) for a, b in claim.pairs]
-    extra = [Comparison(a, b, *compare(values[a], values[b], alpha)) for a, b in claim.reversals]
-    if any(c.outcome == "worse" for c in (*listed, *extra)):
-        verdict: Verdict = "not reproduced"
-    elif listed and all(c.outcome == "better" for c in listed):
-        verdict = "reproduced"
-    else:
-        verdict = "inconclusive"
-    return ClaimResult(claim, verdict, [*listed, *extra], [])
 
 
 def paper_claims(rho_sweep: Sequence[tuple[float, str]]) -> list[Claim]:

@@ -61,17 +61,6 @@ def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
     return float(stats.ttest_ind(x, y, equal_var=False).pvalue)
 
 
-def compare(a: Sequence[float], b: Sequence[float], alpha: float = 0.05) -> tuple[Outcome, float]:
-    """Is `a` better (lower) than `b`? `better`/`worse` when Welch's test rejects equal means at `alpha`,
-    `tie` when it does not, `unknown` when a side has fewer than 2 seeds."""
-    p = welch_p(a, b)
-    if not math.isfinite(p):
-        return "unknown", p
-    if p >= alpha:
-        return "tie", p
-    return ("better" if float(np.mean(a)) < float(np.mean(b)) else "worse"), p
-
-
 def relative_change(first: float, last: float) -> float:
     """(last - first) / |first|: how much a curve still moved over its final stretch."""
     if not (math.isfinite(first) and math.isfinite(last)) or first == 0:
