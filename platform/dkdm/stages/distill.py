@@ -31,7 +31,8 @@ from dkdm.stages.common import (
     teacher_fingerprint,
     write_json,
 )
-from dkdm.stages.training import job_run, report_weights, resume_state_file, train_network
+from dkdm.stages.ranks import main_run
+from dkdm.stages.training import report_weights, resume_state_file, train_network
 from dkdm.teacher_compat import check_teacher_compat
 from dkdm.tracking import student_model_name
 from training.distill.config import DistillConfig
@@ -128,7 +129,7 @@ def run(ctx: Context, run_name: str, *, allowed: tuple[str, ...] | None, dist: D
     kwargs, identity = _inputs(ctx, space, config, dist.world_size if dist is not None else 1)
     out_file = student_file(run_name)
     stage = "distill" if spec.method in POOL_METHODS else "train"
-    with job_run(settings, dist, stage=stage, run_name=f"{run_name}-{preset}", method=spec.method, student=preset,
+    with main_run(settings, dist, stage=stage, run_name=f"{run_name}-{preset}", method=spec.method, student=preset,
                  tags={**md5_tags(None), "dkdm.run": run_name, "dkdm.space": space.name},
                  resume_state=resume_state_file(settings, f"student-{run_name}", preset, config,
                                                 identity)) as tracker:

@@ -138,7 +138,7 @@ def run(ctx: Context, *, run: str | None = None, checkpoint: Path | None = None,
     out_dir = target.out
     tags = {"dkdm.dvc.teacher_md5": locked_md5("teacher", str(TEACHER_FILE.parent)), "dkdm.run": target.name,
             "dkdm.space": space.name}
-    with main_run(ctx, job, stage="evaluate", run_name=f"evaluate-{target.name}", method=target.method,
+    with main_run(ctx.settings, job, stage="evaluate", run_name=f"evaluate-{target.name}", method=target.method,
                   student=target.preset, tags={k: v for k, v in tags.items() if v}) as tracker:
         reset_peak_memory(device)
         samples = generate(ev.num_samples, ev.seed, job)

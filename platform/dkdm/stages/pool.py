@@ -55,7 +55,7 @@ def run(ctx: Context, *, out: Path | None = None, dist: DistContext | None = Non
                             diffusion=diffusion.config.to_dict(), world_size=job.world_size)
     step = DiffusionTeacherStep(teacher, diffusion, clip_denoised=config.clip_denoised,
                                 batch_size=config.teacher_batch_size, precision=base.precision)
-    with main_run(ctx, job, stage="pool", run_name=f"pool-rho{d.rho}", method="dynamic",
+    with main_run(ctx.settings, job, stage="pool", run_name=f"pool-rho{d.rho}", method="dynamic",
                   tags=md5_tags(None)) as tracker:
         tracker.log_params({"pool.entries": entries, "pool.bytes": nbytes,
                             "pool.procedure": prep_label(config.prep)})

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from dkdm.console import Context
+from dkdm.settings import Settings
 from dkdm.tracking import NullRunTracker, RunTracker, start_run
 from training.train.distributed import DistContext
 
@@ -17,11 +18,12 @@ def job_of(ctx: Context, dist: DistContext | None) -> DistContext:
 
 
 @contextmanager
-def main_run(ctx: Context, dist: DistContext, **run: Any) -> Iterator[RunTracker | NullRunTracker]:
-    """`start_run(ctx.settings, **run)` on rank 0; a tracker that records nothing on the other ranks."""
-    if not dist.is_main:
+def main_run(settings: Settings, dist: DistContext | None, **run: Any) -> Iterator[RunTracker | NullRunTracker]:
+    """`start_run(settings, **run)` on rank 0, recording the job's world size: a job of W processes is one MLflow
+    run, not W. The other ranks get a tracker that records nothing."""
+    if dist is not None and not dist.is_main:
         yield NullRunTracker()
         return
-    with start_run(ctx.settings, **run) as tracker:
-        tracker.log_params({"world_size": dist.world_size})
+    with start_run(settings, **run) as tracker:
+        tracker.log_params({"world_size": dist.world_size if dist is not None else 1})
         yield tracker

@@ -44,7 +44,7 @@ def run(ctx: Context, *, dist: DistContext | None = None) -> None:
     device = job.device
     teacher, diffusion = space.load_teacher(device)
     steps = space.sampling_steps(diffusion, ref.respacing, space.synthesis_ddim)
-    with main_run(ctx, job, stage="reference", run_name="reference-teacher-samples", method="teacher",
+    with main_run(ctx.settings, job, stage="reference", run_name="reference-teacher-samples", method="teacher",
                   tags={**md5_tags(None), "dkdm.space": space.name}) as tracker:
         # Written in a work folder first: DVC empties the out before a rerun, which would lose a partial set.
         folder = keyed_work_dir("reference", seed=ref.seed, count=count, teacher=teacher_fingerprint(), steps=steps,

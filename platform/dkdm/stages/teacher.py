@@ -8,7 +8,8 @@ from dkdm.console import Context, summary
 from dkdm.errors import DkdmError
 from dkdm.spaces import space_for
 from dkdm.stages.common import CURVES_DIR, TEACHER_FILE, load_real_images, write_csv
-from dkdm.stages.training import job_run, report_weights, resume_state_file, train_network
+from dkdm.stages.ranks import main_run
+from dkdm.stages.training import report_weights, resume_state_file, train_network
 from dkdm.tracking import start_run
 from training.train.distributed import DistContext
 
@@ -36,7 +37,7 @@ def train(ctx: Context, *, iterations: int | None = None, dist: DistContext | No
     config = DistillConfig(**train_cfg.model_dump(), method="data_based")
     images, _ = load_real_images(settings)
     inputs = space.encode_all(images, ctx.device)
-    with job_run(settings, dist, stage="teacher", run_name=f"teacher-{teacher.preset}", method="teacher",
+    with main_run(settings, dist, stage="teacher", run_name=f"teacher-{teacher.preset}", method="teacher",
                  student=teacher.preset, resume_state=resume_state_file(settings, "teacher", teacher.preset,
                                                                         config)) as tracker:
         result = train_network(

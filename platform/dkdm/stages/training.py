@@ -2,12 +2,11 @@
 checkpoint."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from dkdm.console import Context
 from dkdm.settings import Settings
 from dkdm.spaces import Space, space_for
 from dkdm.stages.common import WORK_DIR, clear_work_dir, work_dir, write_csv
-from dkdm.tracking import NullRunTracker, RunTracker, start_run
+from dkdm.tracking import NullRunTracker, RunTracker
 from dkdm.tracking_resume import RUN_ID_KEY
 from training.distill.config import DistillConfig
 from training.distill.sources import Encoder
@@ -49,16 +48,6 @@ class LossLog:
 
     def write(self) -> Path:
         return write_csv(self.csv_path, LOSS_COLUMNS, self.rows)
-
-
-@contextlib.contextmanager
-def job_run(settings: Settings, dist: DistContext | None, **kwargs: Any) -> Iterator[RunTracker | NullRunTracker]:
-    """`start_run(settings, **kwargs)` on rank 0 only: a job of W processes is one MLflow run, not W."""
-    if dist is not None and not dist.is_main:
-        yield NullRunTracker()
-        return
-    with start_run(settings, **kwargs) as tracker:
-        yield tracker
 
 
 def report_weights(tracker: RunTracker | NullRunTracker, dist: DistContext | None, digest: str) -> None:
