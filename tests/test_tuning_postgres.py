@@ -11,6 +11,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -115,3 +116,36 @@ def test_heartbeat_fails_a_silent_workers_trial(postgres_url: str) -> None:
     assert fail_stale(study) == [silent.number]
     states = {t.number: t.state for t in study.get_trials()}
     assert states == {silent.number: TrialState.FAIL, alive.number: TrialState.RUNNING}
+
+
+RACE_SCRIPT = """
+import sys, time
+from dkdm.tuning.config import TuneSettings
+from dkdm.tuning.storage import open_storage
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+open_storage(sys.argv[1], TuneSettings())
+print("opened")
+"""
+
+
+def test_workers_opening_an_empty_database_together_all_get_the_storage(postgres_url: str) -> None:
+    """The race `dkdm tune` workers started together run into: all create Optuna's tables at once on a new
+    database, and PostgreSQL tells the losers "relation ... already exists" (not only a unique violation).
+    Several rounds of 8 workers, since one round may happen to miss the window."""
+    import psycopg2
+
+    base, _ = postgres_url.rsplit("/", 1)
+    conn = psycopg2.connect(base.replace("postgresql+psycopg2", "postgresql") + "/optuna")
+    conn.autocommit = True
+    for round_ in range(4):
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE schema_race_{round_}")
+        url = f"{base}/schema_race_{round_}"
+        start_at = str(time.time() + 8.0)  # after every interpreter has imported optuna and sqlalchemy
+        procs = [subprocess.Popen([sys.executable, "-c", RACE_SCRIPT, url, start_at], env=worker_env(),
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(8)]
+        outputs = [p.communicate(timeout=120)[0] for p in procs]
+        for proc, output in zip(procs, outputs, strict=True):
+            assert proc.returncode == 0 and "opened" in output, output
+        assert optuna.get_all_study_summaries(optuna.storages.RDBStorage(url)) == []
+    conn.close()

@@ -50,7 +50,7 @@ def storage_label(storage: str) -> str:
 def open_storage(storage: str, tune: TuneSettings) -> BaseStorage:
     """An Optuna storage for `storage` (a journal file path or an RDB URL); a bad one is one clear error."""
     import optuna
-    from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+    from sqlalchemy.exc import SQLAlchemyError
 
     if not storage.strip():
         raise DkdmError("tune.storage: empty; give a journal file path or a database URL")
@@ -76,16 +76,33 @@ def open_storage(storage: str, tune: TuneSettings) -> BaseStorage:
                     storage, engine_kwargs=engine_kwargs, heartbeat_interval=tune.heartbeat_interval_s,
                     grace_period=tune.grace_period_s,
                 )
-        except IntegrityError:
+        except SQLAlchemyError as err:
+            if not _lost_schema_race(err):
+                raise DkdmError(f"tune.storage: cannot open {storage_label(storage)} ({_first_line(err)})") from None
             # Workers starting together on an empty database race to create Optuna's tables; the loser
             # finds them on the next try.
             if attempt == RDB_OPEN_ATTEMPTS - 1:
                 raise DkdmError(f"tune.storage: could not create Optuna's tables in {storage_label(storage)}") from None
             time.sleep(1.0 + attempt)
-        except (SQLAlchemyError, ImportError, ValueError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise DkdmError(f"tune.storage: cannot open {storage_label(storage)} ({first})") from None
+        except (ImportError, ValueError) as err:
+            raise DkdmError(f"tune.storage: cannot open {storage_label(storage)} ({_first_line(err)})") from None
     raise AssertionError("unreachable")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _lost_schema_race(err: Exception) -> bool:
+    """Whether creating Optuna's tables failed because another worker created them first.
+
+    PostgreSQL reports the loser as a unique violation on its catalog (IntegrityError) or as "relation ...
+    already exists" (ProgrammingError, DuplicateTable); SQLite as "table ... already exists".
+    """
+    from sqlalchemy.exc import IntegrityError
+
+    return isinstance(err, IntegrityError) or "already exists" in str(err)
 
 
 def worker_identity() -> dict[str, Any]:
