@@ -515,3 +515,23 @@ def test_prune_decision_of_rank_0_reaches_rank_1(tmp_path: Path) -> None:
     assert rank1["seen"] == [[0, "COMPLETE"], [1, "PRUNED"], [2, "PRUNED"]]
     assert rank1["steps"] == rank0["steps"] == {"0": 6, "1": 4, "2": 2}  # both ranks stopped at the same step
     assert rank1["params"] == rank0["params"]  # the suggested parameters reached rank 1
+
+
+@pytest.mark.parametrize("started_as", [["dkdm", "tune"], ["dkdm/tuning/__main__.py"]])
+def test_a_profile_of_two_processes_relaunches_tune_as_one_job(started_as: list[str], inputs: dict[str, Path],
+                                                               project: dict[str, Any],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dkdm tune` (or `python -m dkdm.tuning`) with runtime.nproc_per_node 2 hands over to torch's launcher as
+    `dkdm tune ...`, like every heavy command, instead of running trials in one process with per-rank batches."""
+    import dkdm.launch
+
+    launched: list[tuple[int, list[str]]] = []
+    monkeypatch.setattr(dkdm.launch, "launch_if_requested",
+                        lambda runtime, argv=None: launched.append((runtime.world_size, list(argv))) or True)
+    monkeypatch.setenv("DKDM_RUNTIME__NPROC_PER_NODE", "2")
+    args = ["--study", "pair", "--n-trials", "1", "--profile", str(project["profile"]), *input_flags(inputs)]
+    monkeypatch.setattr("sys.argv", [*started_as, *args])
+    result = _cli(["tune", *args])
+    assert result.exit_code == 0, result.output
+    assert launched == [(2, ["tune", *args])]
+    assert not project["journal"].exists()  # the parent ran no trial itself

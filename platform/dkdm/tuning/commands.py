@@ -12,6 +12,7 @@ Intermediate FD' feeds the pruner. Running the command again on a study adds tri
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -131,6 +132,7 @@ def _tune_main(*, study: str | None, n_trials: int | None, storage: str | None, 
                timeout: float | None, total_trials: int | None, worker_index: int, teacher: Path | None,
                teacher_stats: Path | None, classifier: Path | None, show: str | None, top: int) -> None:
     from dkdm.console import print_table, summary
+    from dkdm.launch import launch_if_requested
     from dkdm.tuning.inputs import InputPaths
     from training.train.distributed import init_distributed, shutdown_distributed
 
@@ -146,6 +148,11 @@ def _tune_main(*, study: str | None, n_trials: int | None, storage: str | None, 
     if n_trials is None and total_trials is None and timeout is None:
         n_trials = 10
     paths = InputPaths().with_overrides(teacher=teacher, teacher_stats=teacher_stats, classifier=classifier)
+    # The profile's world size, as for every heavy command: one job. Relaunched as `dkdm tune` even when started
+    # as `python -m dkdm.tuning` (whose argv lacks the subcommand).
+    argv = sys.argv[1:] if sys.argv[1:2] == ["tune"] else ["tune", *sys.argv[1:]]
+    if launch_if_requested(ctx.settings.runtime, argv):
+        return
     dist = init_distributed(ctx.device)
     try:
         result = run_study(ctx.settings, study_name=study, n_trials=n_trials, tune=tune, device=dist.device,
