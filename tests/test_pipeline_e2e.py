@@ -54,6 +54,9 @@ def test_ci_profile_dvc_repro_outs_and_metrics(pipeline):
     assert "up to date" in status.stdout.lower() or status.stdout.strip() == "", status.stdout
     report = (repo / "outputs/report/report.md").read_text()
     assert "Noise floor" in report and "| dynamic |" in report and "| data_free |" in report
+    # FD' is scored against a second teacher set (reference.heldout_seed), not D', which data_free trains on
+    assert "a held-out set of 128 teacher samples (seed 1000)" in report
+    assert "Noise floor of fd_digits_teacher" in report
 
 
 @pytest.mark.slow

@@ -226,3 +226,11 @@ def test_readme_own_data_example_validates(workdir):
     settings = load_settings(Path("params.yaml"))
     assert settings.features.kind == "learned" and settings.data.image_size == 16
     assert settings.teacher.preset.startswith("inline-adm-unet-") and settings.distill.student.startswith("inline-dit-")
+
+
+def test_heldout_seed_must_differ_from_d_primes(workdir, monkeypatch):
+    monkeypatch.setenv("DKDM_REFERENCE__HELDOUT_SEED", "1")
+    with pytest.raises(DkdmError, match="heldout_seed: 1 is also D''s seed"):
+        load_settings(Path("params.yaml"))
+    monkeypatch.setenv("DKDM_REFERENCE__HELDOUT_SEED", "5")
+    assert load_settings(Path("params.yaml")).reference.heldout_seed == 5

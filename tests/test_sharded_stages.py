@@ -82,6 +82,31 @@ def test_two_processes_draw_the_same_images_as_one(project):
     assert not list(project.rglob("*.partial*")) and not list(project.rglob("*.tmp"))
 
 
+def test_fd_prime_reference_is_a_held_out_set_not_d_prime(project):
+    """With reference.heldout_seed (on in the ci and default profiles) the FD' statistics come from a second teacher
+    set: D' stays the same whatever that seed, the statistics follow it, and neither is D''s own statistics."""
+    from training.eval.features import DigitsFeatureExtractor
+    from training.eval.stats import compute_reference_stats, load_reference_stats
+
+    folder = project / "outputs" / "reference"
+    shown = _run(project, ["reference"], processes=2)
+    assert "FD' against 128 held-out samples (seed 1000)" in shown
+    d_prime, stats = load_file(str(folder / "teacher_samples.safetensors"))["images"], load_reference_stats(
+        folder / "teacher_stats.safetensors")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert (metrics["heldout_seed"], metrics["heldout_samples"]) == (1000.0, 128.0)
+    _run(project, ["reference"], DKDM_REFERENCE__HELDOUT_SEED="7")
+    assert torch.equal(load_file(str(folder / "teacher_samples.safetensors"))["images"], d_prime)
+    other = load_reference_stats(folder / "teacher_stats.safetensors")
+    assert not np.allclose(other.mu, stats.mu), "the FD' reference follows reference.heldout_seed"
+    extractor = DigitsFeatureExtractor.from_file(project / "outputs" / "features" / "classifier.safetensors")
+    own = compute_reference_stats(d_prime.permute(0, 2, 3, 1).contiguous().numpy(), extractor, None, name="d_prime")
+    assert not np.allclose(own.mu, stats.mu) and not np.allclose(own.mu, other.mu), "D' is not its own reference"
+    refused = subprocess.run([sys.executable, "-m", "dkdm", "reference"], cwd=project,
+                             env=_env(DKDM_REFERENCE__HELDOUT_SEED="1"), capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "heldout_seed: 1 is also D''s seed" in refused.stderr, refused.stderr
+
+
 def test_each_rank_prepares_its_own_pool_in_one_recorded_job(project):
     import mlflow
 

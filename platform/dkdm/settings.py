@@ -130,6 +130,16 @@ class ReferenceSettings(Section):
     respacing: str = Field("", description="teacher sampling steps ('' = all T), as the paper's Table 4")
     batch_size: int = Field(256, gt=0)
     seed: int = Field(1, ge=0)
+    heldout_seed: int | None = Field(
+        None, ge=0, description="FD'/FID' reference: a second teacher set of D''s size drawn with this seed, so the "
+        "data-free baselines (trained on D') are not scored against their own training data; None = against D'")
+
+    @model_validator(mode="after")
+    def _heldout_apart(self) -> ReferenceSettings:
+        if self.heldout_seed is not None and self.heldout_seed == self.seed:
+            raise ValueError(f"heldout_seed: {self.heldout_seed} is also D''s seed; the held-out set must be "
+                             "drawn with another seed")
+        return self
 
 
 class RunSpec(Section):

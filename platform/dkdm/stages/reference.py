@@ -1,10 +1,14 @@
 """Stage `reference`: the teacher's own samples D', in either space.
 
-One set serves three purposes, as in the paper: the reference of FD'/FID' (Table 11), the noise floor (FD between
-two random halves of it), and the synthetic training set of the data-free / data-limited baselines (Table 4). It is
-stored as model inputs (uint8 images, or float16 latents drawn with DDIM, eta 0) and scored as images.
+D' is the synthetic training set of the data-free / data-limited baselines (Table 4) and gives the noise floor (FD
+between two random halves of it). It is stored as model inputs (uint8 images, or float16 latents drawn with DDIM,
+eta 0) and scored as images. The reference statistics of FD'/FID' (Table 11) come from D' too, as in the paper, unless
+`reference.heldout_seed` asks for a second set of the same size: then the baselines trained on D' are not scored
+against their own training data. Only that set's statistics are kept.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 from dkdm.console import Context, summary
 from dkdm.spaces import space_for
@@ -46,13 +50,17 @@ def run(ctx: Context, *, dist: DistContext | None = None) -> None:
     steps = space.sampling_steps(diffusion, ref.respacing, space.synthesis_ddim)
     with main_run(ctx.settings, job, stage="reference", run_name="reference-teacher-samples", method="teacher",
                   tags={**md5_tags(None), "dkdm.space": space.name}) as tracker:
-        # Written in a work folder first: DVC empties the out before a rerun, which would lose a partial set.
-        folder = keyed_work_dir("reference", seed=ref.seed, count=count, teacher=teacher_fingerprint(), steps=steps,
-                                diffusion=diffusion.config.to_dict(), batch=ref.batch_size)
-        staged = space.synthesize(teacher, diffusion, count, folder / SYNTHETIC_FILE.name, steps=ref.respacing,
-                                  batch_size=ref.batch_size, seed=ref.seed,
-                                  clip_denoised=settings.distill.clip_denoised, device=device,
-                                  progress=ctx.progress_enabled, dist=job)
+        def draw(name: str, seed: int) -> tuple[Path, Path]:
+            folder = keyed_work_dir(name, seed=seed, count=count, teacher=teacher_fingerprint(), steps=steps,
+                                    diffusion=diffusion.config.to_dict(), batch=ref.batch_size)
+            return folder, space.synthesize(teacher, diffusion, count, folder / SYNTHETIC_FILE.name,
+                                            steps=ref.respacing, batch_size=ref.batch_size, seed=seed,
+                                            clip_denoised=settings.distill.clip_denoised, device=device,
+                                            progress=ctx.progress_enabled, dist=job)
+
+        # Written in work folders first: DVC empties the out before a rerun, which would lose a partial set.
+        folder, staged = draw("reference", ref.seed)
+        heldout = draw("reference-heldout", ref.heldout_seed) if ref.heldout_seed is not None else None
         if not job.is_main:
             return
         REFERENCE_DIR.mkdir(parents=True, exist_ok=True)
@@ -60,15 +68,23 @@ def run(ctx: Context, *, dist: DistContext | None = None) -> None:
         clear_work_dir(folder)
         samples = space.to_images(load_synthetic(SYNTHETIC_FILE), batch_size=ref.batch_size, device=device)
         extractor = make_extractor(settings, device)
-        compute_reference_stats(samples, extractor, TEACHER_STATS_FILE, batch_size=settings.features.batch_size,
+        scored = samples
+        if heldout is not None:
+            scored = space.to_images(load_synthetic(heldout[1]), batch_size=ref.batch_size, device=device)
+        compute_reference_stats(scored, extractor, TEACHER_STATS_FILE, batch_size=settings.features.batch_size,
                                 seed=ref.seed, name="teacher", progress=ctx.progress_enabled)
+        if heldout is not None:
+            clear_work_dir(heldout[0])
         floor = noise_floor(samples, extractor=extractor, seed=ref.seed, batch_size=settings.features.batch_size)
         metrics = {**floor, "teacher_samples": float(count), "teacher_sampling_steps": float(steps)}
+        if ref.heldout_seed is not None:
+            metrics |= {"heldout_samples": float(count), "heldout_seed": float(ref.heldout_seed)}
         write_json(REFERENCE_METRICS, metrics)
         tracker.log_metrics(metrics, 0)
         grid = save_grid(REFERENCE_DIR / "grid.png", samples[: settings.evaluate.grid_size], nrow=8,
                          scale=max(1, 64 // settings.data.image_size))
         tracker.log_artifact(grid, "samples")
     floor_text = ", ".join(f"{k} {v:.3f}" for k, v in floor.items())
+    against = f"; FD' against {count} held-out samples (seed {ref.heldout_seed})" if heldout is not None else ""
     summary(f"reference: {count} {space.name} teacher samples ({steps} steps, {job.world_size} process(es)), "
-            f"{floor_text} -> {REFERENCE_DIR}")
+            f"{floor_text}{against} -> {REFERENCE_DIR}")

@@ -96,6 +96,15 @@ def verdict(rows: list[dict[str, Any]], fd: str, floor: float | None) -> list[st
     return lines
 
 
+def _fd_reference(reference: dict[str, float]) -> str:
+    count = int(reference.get("teacher_samples", 0))
+    if "heldout_seed" in reference:
+        return (f"a held-out set of {int(reference.get('heldout_samples', count))} teacher samples (seed "
+                f"{int(reference['heldout_seed'])}), drawn apart from D' ({count} images, the data-free baseline's "
+                "training set)")
+    return f"the teacher's own samples D' ({count} images; the data-free baseline trains on them too)"
+
+
 def render(settings: Settings, rows: list[dict[str, Any]], reference: dict[str, float]) -> str:
     fd, fdt, prec, rec, floor_key = _metric_keys(settings)
     floor = reference.get(floor_key)
@@ -108,8 +117,8 @@ def render(settings: Settings, rows: list[dict[str, Any]], reference: dict[str, 
         f"Teacher `{settings.teacher.preset}` ({settings.teacher.source}ed), dataset `{settings.data.dataset}`, "
         f"T={settings.diffusion.steps} ({settings.diffusion.noise_schedule}). Each model drew {ev.num_samples} "
         f"samples with {ev.respacing or 'all'} {'DDIM' if ev.use_ddim else 'ancestral'} steps (seed {ev.seed}); "
-        f"scores are in {space}. `{fd}` compares with the real training data, `{fdt}` with the teacher's own "
-        f"samples D' ({int(reference.get('teacher_samples', 0))} images). Lower FD is better.",
+        f"scores are in {space}. `{fd}` compares with the real training data, `{fdt}` with {_fd_reference(reference)}"
+        ". Lower FD is better.",
         "",
         f"| run | method | model | params | {fd} | {fdt} | {prec} | {rec} | s / 256 images | train s / 100 it |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -123,6 +132,9 @@ def render(settings: Settings, rows: list[dict[str, Any]], reference: dict[str, 
         "",
         f"Noise floor ({floor_key}): {_fmt(floor)} — the FD between two random halves of the teacher's own samples;"
         " differences smaller than this are not evidence of anything.",
+        *([f"Noise floor of {fdt}: {_fmt(teacher[fdt])} — the teacher's own {ev.num_samples} fresh samples against "
+           "the held-out set; FD' differences smaller than this are not evidence either."]
+          if "heldout_seed" in reference else []),
         f"Teacher's own score: {fd} {_fmt(teacher[fd])}; no student can be expected to beat its teacher here.",
         "",
         "## Comparison",
