@@ -125,3 +125,21 @@ def test_system_metrics_go_on_after_a_server_outage(project, server):
     after = [m for m in history if m.timestamp > back]
     assert len(after) >= 3, f"{len(after)} system samples after the server came back"
     assert MlflowClient(server.uri).get_run(run_id).info.status == "FINISHED"
+
+
+def test_an_unavailable_system_sampler_is_reported_in_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A store error (e.g. SQLite's "table _alembic_tmp_metrics already exists" with its whole SQL statement) must not
+    flood the stage's output: one warning line, and the run goes on without system metrics."""
+    import dkdm.tracking_system as tracking_system
+
+    def refuse(self: SystemSampler) -> SystemSampler:
+        raise RuntimeError("(sqlite3.OperationalError) table _alembic_tmp_metrics already exists\n[SQL: \nCREATE TABLE"
+                           " _alembic_tmp_metrics (\n\tkey VARCHAR(250) NOT NULL\n)]")
+
+    monkeypatch.setattr(SystemSampler, "start", refuse)
+    with caplog.at_level("WARNING", logger=tracking_system.__name__):
+        assert tracking_system.start_sampler(object(), 5.0, {}) is None
+    (record,) = [r for r in caplog.records if "system metrics unavailable" in r.getMessage()]
+    assert record.getMessage() == ("tracking: system metrics unavailable ((sqlite3.OperationalError) table "
+                                   "_alembic_tmp_metrics already exists)")

@@ -75,5 +75,7 @@ def start_sampler(tracker: Any, interval_s: float, logged: dict[str, set[int]]) 
     try:
         return SystemSampler(tracker, interval_s, first_step=first_system_step(logged)).start()
     except Exception as err:  # noqa: BLE001 - psutil missing or an old MLflow: tracking goes on without it
-        log.warning("tracking: system metrics unavailable (%s)", err)
+        # One line: a database error's text goes on with the whole SQL statement.
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        log.warning("tracking: system metrics unavailable (%s)", first)
         return None
