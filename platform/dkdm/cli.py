@@ -129,7 +129,8 @@ def features_cmd(profile: ProfileOpt = None) -> None:
 @app.command("reference")
 @handles_errors
 def reference_cmd(profile: ProfileOpt = None) -> None:
-    """Sample the teacher's set D' (FD'/FID' reference, noise floor, data-free training set) and score the teacher."""
+    """Sample the teacher's set D' (data-free training set, noise floor) and the FD'/FID' reference: a held-out set
+    drawn with reference.heldout_seed, or D' itself when that is null."""
     from dkdm.stages import reference
 
     run_job(context(profile), lambda ctx, dist: reference.run(ctx, dist=dist))
