@@ -9,6 +9,7 @@
 # in the compose file, the image or `docker inspect`.
 #
 # Then, optionally:
+#   DKDM_OPTUNA_STORAGE_INIT set  -> create Optuna's tables in that database (for optuna-dashboard);
 #   MLFLOW_AUTH_DATABASE_URI set  -> write the basic-auth app's config, point MLflow at it, and
 #                                    make sure the app has a CSRF secret key;
 #   DKDM_DVC_CACHE_DIR / DKDM_DVC_REMOTE_URL set and a DVC project in the working directory
@@ -56,6 +57,12 @@ EOF
         MLFLOW_FLASK_SERVER_SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
         export MLFLOW_FLASK_SERVER_SECRET_KEY
     fi
+fi
+
+if [ -n "${DKDM_OPTUNA_STORAGE_INIT:-}" ]; then
+    # optuna-dashboard opens its storage without creating Optuna's tables, so on a new database it
+    # would fail until the first worker ran: create them (idempotent; racing workers are fine).
+    python3 -m dkdm.tuning.storage "$DKDM_OPTUNA_STORAGE_INIT" || die "cannot prepare the Optuna storage"
 fi
 
 if [ -f dvc.yaml ] && command -v dvc >/dev/null 2>&1 \

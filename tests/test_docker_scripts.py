@@ -99,6 +99,29 @@ def test_entrypoint_points_dvc_at_the_shared_cache_and_the_minio_remote(tmp_path
     assert "s3://dvc" in (tmp_path / ".dvc" / "config.local").read_text()
 
 
+def test_entrypoint_creates_the_optuna_tables_optuna_dashboard_needs(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    # The way optuna-dashboard opens its storage: no table creation, so a new database fails without them.
+    opens = ("import optuna, sys; s = optuna.storages.RDBStorage(sys.argv[1], skip_table_creation=True); "
+             "print(len(s.get_all_studies()))")
+    bare = subprocess.run([sys.executable, "-c", opens, url], capture_output=True, text=True, timeout=120)
+    assert bare.returncode != 0
+    for _ in range(2):  # idempotent: a restarted dashboard container runs it again
+        result = run_sh(ENTRYPOINT, sys.executable, "-c", opens, url,
+                        env={"HOME": str(tmp_path), "DKDM_OPTUNA_STORAGE_INIT": url})
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "0"
+
+
+def test_entrypoint_refuses_an_optuna_storage_it_cannot_prepare(tmp_path: Path):
+    result = run_sh(ENTRYPOINT, "true", env={"HOME": str(tmp_path), "DKDM_OPTUNA_STORAGE_INIT": "nosuchdb://x/y"})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("error: tune.storage: cannot open nosuchdb://x/y"), result.stderr
+    assert lines[-1] == "dkdm-entrypoint: cannot prepare the Optuna storage"
+    assert len(lines) == 2, result.stderr
+
+
 # --- claim-gpu.sh --------------------------------------------------------------------------------
 
 

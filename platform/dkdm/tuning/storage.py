@@ -172,3 +172,27 @@ def wait_for(predicate: Callable[[], T], timeout_s: float, interval_s: float = 0
         time.sleep(interval_s)
         value = predicate()
     return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m dkdm.tuning.storage URL`: create Optuna's tables in an RDB storage (idempotent).
+
+    optuna-dashboard opens its storage without creating the tables, so on a new database it fails until the
+    first worker has run; the images' entry point calls this first (DKDM_OPTUNA_STORAGE_INIT).
+    """
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or not is_url(args[0]):
+        print("usage: python -m dkdm.tuning.storage DATABASE_URL", file=sys.stderr)
+        return 2
+    try:
+        open_storage(args[0], TuneSettings())
+    except DkdmError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
