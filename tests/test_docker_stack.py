@@ -8,7 +8,9 @@ MLflow's basic auth, the dashboard's health, `dvc repro` of the ci profile in th
 MLflow on PostgreSQL, artifacts and the DVC remote in S3), an Optuna worker's trials in the
 PostgreSQL study, non-root containers, and no password in `docker inspect` or an image's history.
 Everything is torn down (containers, network, volumes) even when a check fails.
-DKDM_STACK_TEST_BUILD=0 skips the (cached) rebuild and tests the images as they are.
+DKDM_STACK_TEST_BUILD=0 skips the (cached) rebuild and tests the images as they are (.ci/run sets it after
+its own build); DKDM_STACK_TEST_SKIP=<reason> skips the module with that reason (.ci/run: dockerd only on vfs,
+or too little disk for the images).
 """
 
 from __future__ import annotations
